@@ -1,0 +1,52 @@
+"""The ``mmplatform <noun> <verb>`` command line.
+
+Each noun lives in its own module under ``mmplatform.commands`` and registers itself with
+``register_command``; this module only assembles the parser, so adding a noun never touches
+an if/elif chain here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+
+CommandAdder = Callable[[argparse._SubParsersAction], None]
+_COMMANDS: dict[str, CommandAdder] = {}
+
+# Modules that define nouns; importing one registers its noun.
+COMMAND_MODULES = (
+    "mmplatform.commands.data",
+)
+
+
+def register_command(noun: str) -> Callable[[CommandAdder], CommandAdder]:
+    """Register ``add(subparsers)`` that adds the parser of ``mmplatform <noun> ...``."""
+
+    def decorator(add: CommandAdder) -> CommandAdder:
+        if noun in _COMMANDS:
+            raise ValueError(f"command {noun!r} registered twice")
+        _COMMANDS[noun] = add
+        return add
+
+    return decorator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(prog="mmplatform", description=__doc__.splitlines()[0])
+    nouns = parser.add_subparsers(dest="noun", required=True, metavar="<noun>")
+    for noun in sorted(_COMMANDS):
+        _COMMANDS[noun](nouns)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Every leaf parser sets `run` with set_defaults(run=...); it returns an exit status.
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
