@@ -17,6 +17,8 @@ _COMMANDS: dict[str, CommandAdder] = {}
 # Modules that define nouns; importing one registers its noun.
 COMMAND_MODULES = (
     "mmplatform.commands.data",
+    "mmplatform.commands.classifiers",
+    "mmplatform.commands.train",
 )
 
 

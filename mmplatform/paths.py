@@ -45,3 +45,12 @@ def aim_repo() -> str:
 
 def dataset_dir(name: str) -> Path:
     return datasets_dir() / name
+
+
+# Cluster contract, shared with k8s/ (tests/test_k8s.py checks that the manifests agree):
+TRIAL_DRIVER_RESOURCE = "trial_driver"
+"""Ray custom resource each Tune trial driver requests, so drivers run on the small CPU
+group of the RayCluster and never occupy a GPU node."""
+
+AIM_TRACKING_PORT = 53800
+AIM_UI_PORT = 43800

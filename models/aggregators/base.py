@@ -1,0 +1,122 @@
+"""The aggregator interface: unimodal posteriors in, subset and joint posteriors out.
+
+An aggregator decides how the experts q(z|x_m) of the modalities present are fused. It
+sees all subsets at once: unimodal parameters are ``[M, B, D]`` tensors and the subsets are
+a boolean mask ``[S, M]`` (``models.subsets``); nothing loops over subsets in Python.
+
+The objective (reconstruction, beta-weighted divergence, K importance samples) lives in
+``models.objective`` and is shared by every aggregator; an aggregator only says
+
+* which latent samples are decoded (``Aggregation.z``) and their log-density under the
+  posterior they were drawn from (``Aggregation.log_q``), for the importance-weighted bound;
+* its closed-form (or bounded) divergence to the prior when it has one
+  (``Aggregation.divergence``), used for the K = 1 ELBO instead of a Monte Carlo estimate;
+* any extra loss terms it brings (``Aggregation.extra_losses``), e.g. the amortized prior
+  loss of MoGfM (thesis, seed 000, eq. 4.17).
+
+Registered names are the ones configs and sweeps use: ``poe``, ``moe``, ``mopoe``,
+``mmjsd`` (fixed fusion) and ``mofop``, ``mopgfm``, ``mogfm_amortized``, ``iwmogfm``
+(learnable f-means).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+class SubsetPosterior(Protocol):
+    """A batch of posteriors, one per (subset, sample): batch shape ``[S, B]``, event ``[D]``.
+
+    ``DiagonalGaussian`` satisfies it; flow aggregators return their own (a flowed
+    Gaussian, a proxy density).
+    """
+
+    @property
+    def mean(self) -> Tensor:
+        """``[S, B, D]``: the point embedding used by latent probes."""
+
+    def rsample_with_log_prob(self, num_samples: int) -> tuple[Tensor, Tensor]:
+        """Reparameterized samples ``[K, S, B, D]`` and their log-density ``[K, S, B]``."""
+
+
+@dataclass
+class Aggregation:
+    """What the shared objective needs from an aggregator for one batch.
+
+    ``C`` is the number of posterior "components" whose samples are decoded: 1 for a joint
+    posterior (PoE, or a mixture sampled by component selection as in MoE/MoPoE), ``S``
+    when every subset reconstructs (the importance-weighted f-mean models of seed 000).
+    """
+
+    z: Tensor
+    """``[K, C, B, D]`` latent samples to decode (reparameterized)."""
+
+    log_q: Tensor
+    """``[K, C, B]``: log-density of ``z`` under the posterior it was drawn from."""
+
+    subset_posteriors: SubsetPosterior
+    """Posteriors of every subset in the mask, batch shape ``[S, B]``."""
+
+    divergence: Tensor | None = None
+    """``[C, B]`` closed-form (or upper-bound) divergence to the prior, or ``None`` when
+    only the Monte Carlo estimate ``log_q - log p(z)`` exists."""
+
+    log_prior: Tensor | None = None
+    """``[K, C, B]`` log p(z) when the aggregator's prior is not the standard normal
+    (e.g. a learned or dynamic prior); ``None`` means N(0, I)."""
+
+    extra_losses: dict[str, Tensor] = field(default_factory=dict)
+    """Scalar loss terms added to the negative bound, by name (logged under that name)."""
+
+
+class Aggregator(nn.Module):
+    """Base class: fuse unimodal posteriors ``(mu, logvar)`` of shape ``[M, B, D]``.
+
+    Subclasses set ``name`` and implement ``subset_posteriors`` and ``forward``. Options
+    come as keyword arguments from the model config and must be JSON-serializable so that
+    they can be logged as hparams.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, num_modalities: int, latent_dim: int) -> None:
+        super().__init__()
+        self.num_modalities = num_modalities
+        self.latent_dim = latent_dim
+
+    def subset_posteriors(self, mu: Tensor, logvar: Tensor, subsets: Tensor) -> SubsetPosterior:
+        """Posteriors q(z | X_s) for every subset ``s`` (row of ``subsets``, ``[S, M]``)."""
+        raise NotImplementedError
+
+    def forward(self, mu: Tensor, logvar: Tensor, subsets: Tensor, num_samples: int) -> Aggregation:
+        """Everything the objective needs, with ``num_samples`` (K) importance samples."""
+        raise NotImplementedError
+
+
+AggregatorFactory = Callable[..., Aggregator]
+AGGREGATORS: dict[str, type[Aggregator]] = {}
+
+
+def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
+    """Class decorator: make ``cls`` buildable by its ``name`` from configs."""
+    if cls.name in AGGREGATORS:
+        raise ValueError(f"aggregator {cls.name!r} registered twice")
+    AGGREGATORS[cls.name] = cls
+    return cls
+
+
+def build_aggregator(name: str, num_modalities: int, latent_dim: int, **options) -> Aggregator:
+    if name not in AGGREGATORS:
+        known = ", ".join(sorted(AGGREGATORS))
+        raise ValueError(f"unknown aggregator {name!r}; registered: {known}")
+    return AGGREGATORS[name](num_modalities=num_modalities, latent_dim=latent_dim, **options)
+
+
+def subset_sizes(subsets: Tensor) -> Tensor:
+    """``[S]`` number of modalities in each subset (float, for averaging)."""
+    return subsets.sum(dim=-1).to(torch.get_default_dtype())
