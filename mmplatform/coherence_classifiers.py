@@ -1,0 +1,180 @@
+"""Coherence classifiers: one per modality, trained on the shards by the platform itself.
+
+Coherence (and the default PRD features) are only as trustworthy as these classifiers, so
+they are stored together with their measured test accuracy (``classifiers.json``) and a
+training refuses to evaluate with classifiers whose accuracy is unknown or below
+``evaluation.min_classifier_accuracy``. Training runs on Ray Train like the VAEs: DDP over
+all modalities' classifiers at once, the exact test accuracy from one all-reduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from data_pipelines.manifest import Manifest, load_manifest
+from models.classifiers import build_classifier
+
+WEIGHTS_FILE = "classifiers.pt"
+METRICS_FILE = "classifiers.json"
+
+
+class ClassifierError(RuntimeError):
+    """Classifiers are missing, unmeasured or not accurate enough to evaluate with."""
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    num_workers: int = 1
+    loader_workers: int = 1
+
+
+class ClassifierBank(nn.ModuleDict):
+    """One classifier per modality with a single forward, so DDP can wrap them together."""
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: self[name](x) for name, x in inputs.items()}
+
+
+def _classifier_bank(manifest: Manifest) -> ClassifierBank:
+    return ClassifierBank({spec.name: build_classifier(spec, len(manifest.label_names)) for spec in manifest.modalities})
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    from data_pipelines.readers import EvalReader, TrainReader, make_loader
+
+    settings = ClassifierSettings(**loop_config["settings"])
+    data_root, out_dir = Path(loop_config["data_root"]), Path(loop_config["out_dir"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(settings.seed + rank)
+
+    manifest = load_manifest(data_root / "train")
+    bank = _classifier_bank(manifest).to(device)
+    model = ray.train.torch.prepare_model(bank) if world_size > 1 else bank
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    steps = max(1, manifest.num_samples // (settings.batch_size * world_size))
+    reader = TrainReader(data_root / "train", batch_size=settings.batch_size, steps_per_epoch=steps, seed=settings.seed)
+
+    for epoch in range(1, settings.epochs + 1):
+        reader.set_epoch(epoch)
+        model.train()
+        for batch in make_loader(reader, settings.loader_workers):
+            labels = batch.labels.to(device)
+            logits = model({name: x.to(device) for name, x in batch.inputs.items()})
+            loss = sum(F.cross_entropy(value, labels) for value in logits.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    accuracy = test_accuracy(bank, EvalReader(data_root / "test", batch_size=512), device)
+    if rank == 0:
+        save_classifiers(bank, manifest, accuracy, settings, out_dir)
+    ray.train.report({f"accuracy/{name}": value for name, value in accuracy.items()})
+
+
+@torch.no_grad()
+def test_accuracy(bank: ClassifierBank, reader, device) -> dict[str, float]:
+    """Exact accuracy over the whole test split: rank-sharded counts, one all-reduce."""
+    from data_pipelines.readers import make_loader
+
+    bank.eval()
+    names = sorted(bank.keys())
+    counts = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
+    for batch in make_loader(reader, 0):
+        labels = batch.labels.to(device)
+        logits = bank({name: batch.inputs[name].to(device) for name in names})
+        for index, name in enumerate(names):
+            counts[index] += (logits[name].argmax(-1) == labels).sum()
+        counts[-1] += labels.numel()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    total = max(counts[-1].item(), 1.0)
+    return {name: counts[index].item() / total for index, name in enumerate(names)}
+
+
+def save_classifiers(bank, manifest: Manifest, accuracy, settings: ClassifierSettings, out_dir: Path) -> None:
+    """Write weights and metrics atomically: a reader sees both or neither."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".classifiers-", dir=out_dir.parent))
+    torch.save({name: module.state_dict() for name, module in bank.items()}, staging / WEIGHTS_FILE)
+    metrics = {
+        "dataset": manifest.dataset,
+        "label_names": list(manifest.label_names),
+        "modalities": [spec.to_json() for spec in manifest.modalities],
+        "test_accuracy": accuracy,
+        "training": settings.__dict__,
+    }
+    (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+
+
+def train_classifiers(data_root: Path, out_dir: Path, settings: ClassifierSettings) -> dict[str, float]:
+    from ray.train.torch import TorchTrainer
+
+    from mmplatform import paths
+
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"settings": settings.__dict__, "data_root": str(data_root), "out_dir": str(out_dir)},
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.num_workers, use_gpu=False),
+        run_config=ray.train.RunConfig(
+            name=f"classifiers-{Path(data_root).name}", storage_path=str(paths.results_dir())
+        ),
+    )
+    result = trainer.fit()
+    return {key.split("/", 1)[1]: value for key, value in result.metrics.items() if key.startswith("accuracy/")}
+
+
+def read_accuracy(classifiers_dir: Path) -> dict[str, float]:
+    metrics_path = Path(classifiers_dir) / METRICS_FILE
+    if not metrics_path.exists():
+        raise ClassifierError(
+            f"no coherence classifiers at {classifiers_dir} ({METRICS_FILE} missing); "
+            "train them with `mmplatform classifiers train --data <dataset dir>`"
+        )
+    return json.loads(metrics_path.read_text())["test_accuracy"]
+
+
+def check_accuracy(classifiers_dir: Path, modalities: list[str], min_accuracy: float) -> dict[str, float]:
+    """Refuse classifiers whose accuracy is unknown or below ``min_accuracy``."""
+    accuracy = read_accuracy(classifiers_dir)
+    missing = [name for name in modalities if name not in accuracy]
+    if missing:
+        raise ClassifierError(f"classifiers at {classifiers_dir} have no measured accuracy for {missing}")
+    weak = {name: accuracy[name] for name in modalities if accuracy[name] < min_accuracy}
+    if weak:
+        raise ClassifierError(
+            f"classifiers at {classifiers_dir} are below evaluation.min_classifier_accuracy={min_accuracy}: "
+            + ", ".join(f"{name}={value:.3f}" for name, value in weak.items())
+        )
+    return accuracy
+
+
+def load_classifiers(classifiers_dir: Path, manifest: Manifest, modalities: list[str], device="cpu") -> dict[str, nn.Module]:
+    weights = torch.load(Path(classifiers_dir) / WEIGHTS_FILE, map_location=device, weights_only=True)
+    bank = _classifier_bank(manifest)
+    classifiers = {}
+    for name in modalities:
+        bank[name].load_state_dict(weights[name])
+        classifiers[name] = bank[name].to(device).eval()
+    return classifiers

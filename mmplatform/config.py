@@ -1,0 +1,262 @@
+"""Typed, validated configuration of one training (and the base of a sweep's trials).
+
+Sections: ``data``, ``model``, ``training``, ``evaluation``, ``scaling``, ``tracking``.
+A config comes from a YAML file plus ``section.field=value`` overrides from the command
+line. Everything that can be checked without Ray is checked here, before any Ray resource
+is requested: value ranges by pydantic, the aggregator name against the model registry,
+and (``check_against_dataset`` / ``check_against_cluster``) the modalities against the
+shard manifest and the worker count against the cluster. Every failure is a
+``ConfigError`` whose message names the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mmplatform import paths
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in a YAML file must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "polymnist"
+    path: Path | None = None
+    """Dataset root holding ``train/`` and ``test/`` shard folders; default
+    ``$MMPLATFORM_DATASETS_DIR/<dataset>``."""
+    modalities: list[str] | None = None
+    """Modalities to train on (default: all in the manifest)."""
+    batch_size: int = Field(256, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    """Batches per rank per epoch; default: the training split once over all ranks."""
+    loader_workers: int = Field(2, ge=0)
+    eval_batch_size: int = Field(512, ge=1)
+
+    def root(self) -> Path:
+        return Path(self.path) if self.path is not None else paths.dataset_dir(self.dataset)
+
+
+class ModelConfig(_Section):
+    aggregator: str = "mopoe"
+    latent_dim: int = Field(512, ge=1)
+    beta: float = Field(2.5, ge=0.0)
+    num_importance_samples: int = Field(1, ge=1)
+    """K: 1 trains the ELBO, K > 1 the importance-weighted bound."""
+    aggregator_options: dict[str, Any] = Field(default_factory=dict)
+    """Aggregator-specific options, e.g. ``num_flows``, ``coupling_width`` for f-means."""
+
+    @field_validator("aggregator")
+    @classmethod
+    def _known_aggregator(cls, name: str) -> str:
+        from models.aggregators import AGGREGATORS  # imported late: keeps config import light
+
+        if name not in AGGREGATORS:
+            raise ValueError(f"unknown aggregator {name!r}; registered: {', '.join(sorted(AGGREGATORS))}")
+        return name
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(5e-4, gt=0.0)
+    seed: int = 0
+    grad_clip_norm: float | None = Field(None, gt=0.0)
+    """Clip the global gradient norm to this value; ``None`` disables clipping."""
+    max_bad_steps: int = Field(10, ge=1)
+    """Non-finite loss/gradient steps (skipped) tolerated before the run ends as ``diverged``."""
+    max_failures: int = Field(2, ge=0)
+    """Ray Train restarts from the last checkpoint after a worker is lost, this many times."""
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+
+class EvaluationConfig(_Section):
+    every_n_epochs: int = Field(1, ge=1)
+    sample_limit: int | None = Field(None, ge=1)
+    """Evaluate on a deterministic sample of this many test tuples (sweeps); ``None`` = all."""
+    metrics: list[str] = Field(default_factory=lambda: ["coherence", "latent_probe", "prd", "log_likelihood"])
+    probe_train_samples: int = Field(1000, ge=2)
+    random_coherence_samples: int = Field(1000, ge=1)
+    log_likelihood_samples: int = Field(12, ge=1)
+    prd_clusters: int = Field(20, ge=2)
+    prd_angles: int = Field(1001, ge=3)
+    prd_runs: int = Field(10, ge=1)
+    classifiers_dir: Path | None = None
+    """Coherence classifiers (``mmplatform classifiers train``); default ``<dataset dir>/classifiers``."""
+    min_classifier_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    feature_extractor_weights: Path | None = None
+    """Local Inception weights for PRD features; ``None`` uses the platform's classifier."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str]) -> list[str]:
+        known = {"coherence", "latent_probe", "prd", "log_likelihood"}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {sorted(known)}")
+        return names
+
+
+class ScalingSection(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, ge=0.0)
+
+
+class TrackingConfig(_Section):
+    experiment: str = "mmplatform"
+    repo: str | None = None
+    """Aim repo path or ``aim://host:port``; default ``$MMPLATFORM_AIM_REPO``."""
+    fallback_dir: Path | None = None
+    """Where metrics go while the Aim server is unreachable; default under the data root."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra flat hparams stored on the run (a sweep adds its name and the trial id)."""
+
+    def resolved_repo(self) -> str:
+        return self.repo or paths.aim_repo()
+
+    def resolved_fallback_dir(self) -> Path:
+        return Path(self.fallback_dir) if self.fallback_dir else paths.data_root() / "aim_fallback"
+
+
+class TrainConfig(_Section):
+    name: str = "train"
+    """Ray Train run name: checkpoints live in ``<storage_path>/<name>``; rerunning the same
+    name resumes from its latest checkpoint."""
+    storage_path: str | None = None
+    """Local directory, shared filesystem or ``s3://`` URI; default ``$MMPLATFORM_RESULTS_DIR``."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def resolved_storage_path(self) -> str:
+        return self.storage_path or str(paths.results_dir())
+
+    def flat_hparams(self) -> dict[str, Any]:
+        """The config flattened to dotted keys with scalar values, as Aim hparams."""
+        flat = flatten(self.model_dump(mode="json"))
+        flat.update(self.tracking.tags)
+        return flat
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings so every value is scalar."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, (list, tuple)):
+            flat[dotted] = ",".join(str(v) for v in value)
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        got = item.get("input")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {message} (got {got!r})" if item["type"] != "missing" else f"{field}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["model.beta=1.5", "data.modalities=[m0,m1]"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form section.field=value")
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r} conflicts with an earlier override of {part!r}")
+        node[leaf] = yaml.safe_load(raw)
+    return tree
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(tree: Mapping[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(dict(tree))
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (optional) and apply ``section.field=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+        tree = loaded or {}
+    return build_config(merge(tree, parse_overrides(overrides)))
+
+
+def check_against_dataset(config: TrainConfig, modality_names: Sequence[str]) -> None:
+    """The configured modalities must exist in the dataset's manifest."""
+    if config.data.modalities is None:
+        return
+    unknown = [name for name in config.data.modalities if name not in modality_names]
+    if unknown:
+        raise ConfigError(
+            f"data.modalities: {unknown} not in the dataset at {config.data.root()}; "
+            f"available: {list(modality_names)}"
+        )
+    if not config.data.modalities:
+        raise ConfigError("data.modalities: must name at least one modality")
+
+
+def check_against_cluster(config: TrainConfig, cluster_resources: Mapping[str, float]) -> None:
+    """``scaling`` must fit the cluster (``ray.cluster_resources()``), or the run would hang pending."""
+    scaling = config.scaling
+    needed_cpus = scaling.num_workers * scaling.cpus_per_worker
+    available_cpus = cluster_resources.get("CPU", 0.0)
+    if needed_cpus > available_cpus:
+        raise ConfigError(
+            f"scaling.num_workers: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPU "
+            f"need {needed_cpus:g} CPUs; the cluster has {available_cpus:g} "
+            f"(at most {int(available_cpus // scaling.cpus_per_worker)} workers)"
+        )
+    if scaling.use_gpu:
+        needed_gpus = scaling.num_workers * scaling.gpus_per_worker
+        available_gpus = cluster_resources.get("GPU", 0.0)
+        if needed_gpus > available_gpus:
+            raise ConfigError(
+                f"scaling.num_workers: {scaling.num_workers} workers x {scaling.gpus_per_worker} GPU "
+                f"need {needed_gpus:g} GPUs; the cluster has {available_gpus:g}"
+            )

@@ -1,0 +1,51 @@
+"""Launch one training on Ray Train V2 (``TorchTrainer``), locally or on the cluster in RAY_ADDRESS."""
+
+from __future__ import annotations
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from data_pipelines.manifest import load_manifest
+from mmplatform.config import TrainConfig, check_against_cluster
+from mmplatform.evaluation.session import check_classifiers
+from mmplatform.ray_runtime import ensure_ray
+from mmplatform.training.model_factory import selected_specs
+from mmplatform.training.worker import train_loop_per_worker
+
+
+def preflight(config: TrainConfig) -> None:
+    """Every check that needs no Ray resource: dataset, modalities, classifiers."""
+    manifest = load_manifest(config.data.root() / "train")
+    selected_specs(config, manifest)
+    load_manifest(config.data.root() / "test")
+    if "coherence" in config.evaluation.metrics or "prd" in config.evaluation.metrics:
+        check_classifiers(config)
+
+
+def build_trainer(config: TrainConfig, callbacks=(), aim_run_hash: str | None = None) -> TorchTrainer:
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.model_dump(mode="json"), "aim_run_hash": aim_run_hash},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=config.name,
+            storage_path=config.resolved_storage_path(),
+            failure_config=ray.train.FailureConfig(max_failures=config.training.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.checkpoints_to_keep),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def fit(config: TrainConfig) -> ray.train.Result:
+    """Validate, then train. Rerunning with the same ``name`` and storage resumes."""
+    preflight(config)
+    check_against_cluster(config, ensure_ray())
+    return build_trainer(config).fit()

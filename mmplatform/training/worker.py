@@ -1,0 +1,156 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+Per epoch: stream the rank's batches (every rank the same number of steps, or DDP would
+hang), step the optimizer unless the divergence guard rejects the step, all-reduce the
+epoch's loss terms once, evaluate every ``evaluation.every_n_epochs`` epochs, log to Aim
+from rank 0, and ``ray.train.report`` on all ranks (a barrier) with the checkpoint from
+rank 0. A restarted worker group resumes from ``ray.train.get_checkpoint()`` at the next
+epoch, with the same Aim run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from data_pipelines.manifest import load_manifest
+from data_pipelines.readers import EvalReader, TrainReader, make_loader
+from mmplatform.config import TrainConfig, build_config
+from mmplatform.evaluation.session import EvaluationSession
+from mmplatform.training.checkpointing import TrainingState, gather_rng_states, write_checkpoint_dir
+from mmplatform.training.divergence import DIVERGED, FINISHED, RUNNING, DivergenceGuard
+from mmplatform.training.model_factory import build_model
+from mmplatform.training.run_tracking import open_tracker
+
+logger = logging.getLogger(__name__)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    """One all-reduce for all of the epoch's accumulated terms (same key order on every rank)."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[key] for key in keys], dtype=torch.float64, device=device)
+    if _distributed():
+        dist.all_reduce(values)
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def steps_per_epoch(config: TrainConfig, num_train_samples: int, world_size: int) -> int:
+    if config.data.steps_per_epoch is not None:
+        return config.data.steps_per_epoch
+    return max(1, num_train_samples // (config.data.batch_size * world_size))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    config = build_config(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    data_root = config.data.root()
+    train_dir, test_dir = data_root / "train", data_root / "test"
+    manifest = load_manifest(train_dir)
+    model = build_model(config, manifest).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
+    guard = DivergenceGuard(config.training.max_bad_steps, config.training.grad_clip_norm)
+
+    start_epoch, run_hash = 1, loop_config.get("aim_run_hash")
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = TrainingState.load(directory)
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        guard.load_state_dict(state.guard)
+        state.restore_rng(rank)
+        start_epoch, run_hash = state.epoch + 1, state.aim_run_hash
+    else:
+        torch.manual_seed(config.training.seed * 1000 + rank)
+
+    # Evaluation runs the unwrapped module (no DDP collectives inside its forward).
+    ddp_model = ray.train.torch.prepare_model(model) if world_size > 1 else model
+    steps = steps_per_epoch(config, manifest.num_samples, world_size)
+    modalities = config.data.modalities
+    train_reader = TrainReader(
+        train_dir, batch_size=config.data.batch_size, steps_per_epoch=steps,
+        seed=config.training.seed, modalities=modalities,
+    )
+    eval_reader = EvalReader(
+        test_dir, batch_size=config.data.eval_batch_size, modalities=modalities,
+        max_samples=config.evaluation.sample_limit,
+    )
+    tracker = open_tracker(config, run_hash) if rank == 0 else None
+    evaluation = EvaluationSession(config, model, train_dir=train_dir, device=device)
+
+    try:
+        for epoch in range(start_epoch, config.training.epochs + 1):
+            train_reader.set_epoch(epoch)
+            sums = _train_one_epoch(ddp_model, optimizer, guard, make_loader(train_reader, config.data.loader_workers), device)
+            totals = _all_reduce_sums(sums, device)
+            num_steps = max(totals.pop("steps"), 1.0)
+            metrics: dict[str, Any] = {f"train/{name}": value / num_steps for name, value in totals.items()}
+            status = DIVERGED if guard.diverged else (FINISHED if epoch == config.training.epochs else RUNNING)
+            metrics.update(epoch=epoch, status=status, bad_steps=guard.bad_steps)
+
+            evaluated = status != DIVERGED and (
+                epoch % config.evaluation.every_n_epochs == 0 or epoch == config.training.epochs
+            )
+            results = evaluation.run(eval_reader, epoch) if evaluated else None
+            if results is not None:
+                metrics.update(results.scalars())
+
+            rng_states = gather_rng_states()  # a collective: every rank takes part
+            checkpoint_dir = None
+            if rank == 0:
+                tracker.log_epoch(epoch, metrics, results)
+                state = TrainingState(
+                    epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    guard=guard.state_dict(), aim_run_hash=tracker.run_hash, rng_states=rng_states,
+                    status=status,
+                )
+                checkpoint_dir = write_checkpoint_dir(state)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None,
+                checkpoint_dir_name=f"checkpoint_epoch={epoch:04d}",
+            )
+            if checkpoint_dir is not None:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            if status == DIVERGED:
+                logger.warning("training diverged at epoch %d after %d non-finite steps", epoch, guard.bad_steps)
+                break
+        if tracker is not None:
+            tracker.finish(metrics)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _train_one_epoch(model, optimizer, guard: DivergenceGuard, loader, device) -> dict[str, float]:
+    model.train()
+    sums: dict[str, float] = {"steps": 0.0, "skipped_steps": 0.0}
+    for batch in loader:
+        inputs = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.inputs.items()}
+        output = model(inputs)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        if guard.check_and_clip(model.parameters()):
+            optimizer.step()
+            sums["steps"] += 1
+            sums["loss"] = sums.get("loss", 0.0) + float(output.loss.detach())
+            for name, value in output.terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+        else:
+            sums["skipped_steps"] += 1
+        if guard.diverged:
+            break
+    return sums
