@@ -93,8 +93,20 @@ class EvaluationConfig(_Section):
     classifiers_dir: Path | None = None
     """Coherence classifiers (``mmplatform classifiers train``); default ``<dataset dir>/classifiers``."""
     min_classifier_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    objective_weights: dict[str, float] = Field(
+        default_factory=lambda: {"coherence_missing": 1.0, "prd": 2.0}
+    )
+    """The scalar ``objective`` sweeps maximize: the thesis's weighted average of coherence
+    and PRD (seed 000, section 5.4), with more weight on PRD because its values are lower."""
     feature_extractor_weights: Path | None = None
     """Local Inception weights for PRD features; ``None`` uses the platform's classifier."""
+
+    @field_validator("objective_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError("must be non-negative with a positive sum")
+        return weights
 
     @field_validator("metrics")
     @classmethod
@@ -146,24 +158,43 @@ class TrainConfig(_Section):
         return self.storage_path or str(paths.results_dir())
 
     def flat_hparams(self) -> dict[str, Any]:
-        """The config flattened to dotted keys with scalar values, as Aim hparams."""
-        flat = flatten(self.model_dump(mode="json"))
-        flat.update(self.tracking.tags)
-        return flat
+        """Small, flat hparams for Aim, under the short names users query
+        (``run.hparams.aggregator == "mopgfm" and run.hparams.beta > 1``)."""
+        hparams: dict[str, Any] = {
+            "dataset": self.data.dataset,
+            "modalities": ",".join(self.data.modalities) if self.data.modalities else "all",
+            "batch_size": self.data.batch_size,
+            "aggregator": self.model.aggregator,
+            "latent_dim": self.model.latent_dim,
+            "beta": self.model.beta,
+            "num_importance_samples": self.model.num_importance_samples,
+            "learning_rate": self.training.learning_rate,
+            "epochs": self.training.epochs,
+            "seed": self.training.seed,
+            "grad_clip_norm": self.training.grad_clip_norm,
+            "num_workers": self.scaling.num_workers,
+            "run_name": self.name,
+        }
+        hparams.update(
+            (key, value) for key, value in self.model.aggregator_options.items()
+            if isinstance(value, (str, int, float, bool))
+        )
+        hparams.update(self.tracking.tags)
+        return hparams
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings so every value is scalar."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, (list, tuple)):
-            flat[dotted] = ",".join(str(v) for v in value)
-        else:
-            flat[dotted] = value
-    return flat
+def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.beta": 1.5}`` -> ``{"model": {"beta": 1.5}}`` (dotted keys address config fields)."""
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key!r} conflicts with another value for {part!r}")
+        node[leaf] = value
+    return tree
 
 
 def _format_validation_error(error: ValidationError) -> str:
@@ -178,19 +209,13 @@ def _format_validation_error(error: ValidationError) -> str:
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """``["model.beta=1.5", "data.modalities=[m0,m1]"]`` -> nested dict (values parsed as YAML)."""
-    tree: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
     for override in overrides:
         key, sep, raw = override.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {override!r} is not of the form section.field=value")
-        node = tree
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {override!r} conflicts with an earlier override of {part!r}")
-        node[leaf] = yaml.safe_load(raw)
-    return tree
+        dotted[key.strip()] = yaml.safe_load(raw)
+    return nest(dotted)
 
 
 def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,3 +54,13 @@ group of the RayCluster and never occupy a GPU node."""
 
 AIM_TRACKING_PORT = 53800
 AIM_UI_PORT = 43800
+
+CLUSTER_MAX_GPUS_ENV = "MMPLATFORM_CLUSTER_MAX_GPUS"
+"""GPUs the cluster can scale up to (GPU group maxReplicas x GPUs per pod). An autoscaled
+cluster shows no GPUs while idle, so sweeps size their concurrency and check their trials
+against this instead."""
+
+
+def cluster_max_gpus() -> float | None:
+    value = os.environ.get(CLUSTER_MAX_GPUS_ENV)
+    return float(value) if value else None

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps on Ray Tune: search space, ASHA, one TorchTrainer per trial, restore."""

@@ -1,0 +1,67 @@
+"""Typed configuration of a sweep: the trial template, the search space, ASHA, resources."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmplatform.config import ConfigError, TrainConfig, build_config, merge, nest
+from mmplatform.sweep.search_space import ParamSpec
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SchedulerConfig(_Section):
+    kind: Literal["asha", "fifo"] = "asha"
+    """``asha``: successive halving on the epoch we report; ``fifo``: plain random search."""
+    max_epochs: int = Field(10, ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1.0)
+
+
+class SweepConfig(_Section):
+    name: str
+    """Tune experiment name; rerunning a sweep with the same name and storage continues it."""
+    base: dict[str, Any] = Field(default_factory=dict)
+    """The trial template: a TrainConfig tree that the sampled values override."""
+    search_space: dict[str, ParamSpec] = Field(default_factory=dict)
+    num_samples: int = Field(8, ge=1)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """Default: as many trials as the cluster's CPUs/GPUs can hold at once."""
+    trial_max_failures: int = Field(1, ge=0)
+    """Tune retries a failed trial (its driver) this many times; it resumes its checkpoints."""
+    driver_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    """What each trial's driver (the Tune function that runs the TorchTrainer) requests."""
+
+    def trial_config(self, sampled: dict[str, Any], trial_id: str) -> TrainConfig:
+        """The TrainConfig of one trial: template + sampled values + sweep bookkeeping."""
+        tree = merge(self.base, nest(sampled))
+        tree = merge(tree, {
+            "name": f"{self.name}-{trial_id}",
+            "training": {"epochs": self.scheduler.max_epochs},
+            "tracking": {"tags": {"sweep": self.name, "trial_id": trial_id}},
+        })
+        return build_config(tree)
+
+    def validate_trials(self) -> TrainConfig:
+        """Check the template with every spec's first value before Ray starts."""
+        example = {key: _example_value(spec) for key, spec in self.search_space.items()}
+        return self.trial_config(example, "validation")
+
+
+def _example_value(spec) -> Any:
+    return spec.values[0] if hasattr(spec, "values") else spec.low
+
+
+def build_sweep_config(tree: dict[str, Any]) -> SweepConfig:
+    try:
+        config = SweepConfig.model_validate(tree)
+    except ValidationError as error:
+        lines = [f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()]
+        raise ConfigError("invalid sweep configuration:\n  " + "\n  ".join(lines)) from None
+    config.validate_trials()
+    return config

@@ -1,0 +1,178 @@
+"""Where and at what scale a sweep script runs: ``local`` (default), ``cluster``, ``smoke``.
+
+A study (``sweeps/*.py``) says *what* is searched; a profile says *how big*: the dataset
+build, the trial template, ASHA's budget, the resources of a trial, and where results and
+Aim runs go. Profiles are registered by name, so a new one is one function.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmplatform import paths
+from mmplatform.paths import TRIAL_DRIVER_RESOURCE
+from mmplatform.sweep.search_space import Choice, ParamSpec
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a sweep script searches (the thesis's studies, seed 000 sections 5.4 and 6.1)."""
+
+    name: str
+    aggregators: tuple[str, ...]
+    search_space: dict[str, ParamSpec]
+    modalities: tuple[str, ...] = ("m0", "m1", "m2")
+    """PolyMNIST-3, as in the thesis."""
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    name: str
+    """Folder under the datasets dir."""
+    digits: int | None
+    """MNIST digits used by the generator (None: all the source has)."""
+    build_if_missing: bool
+    num_modalities: int = 5
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a profile decides; ``mmplatform.sweep.script`` turns it into a SweepConfig."""
+
+    profile: str
+    dataset: DatasetPlan
+    base: dict[str, Any]
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: float
+    classifier_epochs: int
+    driver_resources: dict[str, float]
+    storage_path: str
+    space_overrides: dict[str, ParamSpec] = field(default_factory=dict)
+    max_concurrent_trials: int | None = None
+
+
+ProfileBuilder = Callable[[Study, argparse.Namespace], SweepPlan]
+PROFILES: dict[str, ProfileBuilder] = {}
+
+
+def register_profile(name: str) -> Callable[[ProfileBuilder], ProfileBuilder]:
+    def decorator(builder: ProfileBuilder) -> ProfileBuilder:
+        PROFILES[name] = builder
+        return builder
+
+    return decorator
+
+
+def _template(study: Study, **sections: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "data": {"modalities": list(study.modalities)},
+        "model": {"aggregator": study.aggregators[0]},
+        "evaluation": {"every_n_epochs": 1},
+    }
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    return base
+
+
+@register_profile("local")
+def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
+    """The embedded default: a laptop with no cluster, about 15 minutes on 2 cores."""
+    dataset = DatasetPlan(name="polymnist", digits=None, build_if_missing=True)
+    return SweepPlan(
+        profile="local",
+        dataset=dataset,
+        base=_template(
+            study,
+            data={"dataset": dataset.name, "batch_size": 128, "steps_per_epoch": 10, "loader_workers": 1},
+            model={"latent_dim": 64},
+            training={"learning_rate": 1e-3},
+            evaluation={"sample_limit": 500, "probe_train_samples": 500, "random_coherence_samples": 200,
+                        "log_likelihood_samples": 4, "prd_runs": 3, "min_classifier_accuracy": 0.8,
+                        "metrics": ["coherence", "latent_probe", "prd"]},
+            scaling={"num_workers": 1},
+        ),
+        num_samples=args.num_samples or 8,
+        max_epochs=args.max_epochs or 9,
+        grace_period=1,
+        reduction_factor=3.0,
+        classifier_epochs=3,
+        driver_resources={"CPU": 1.0},
+        storage_path=str(paths.results_dir()),
+        space_overrides={"model.latent_dim": Choice(values=[32, 64])},
+    )
+
+
+@register_profile("smoke")
+def smoke_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
+    """Seconds per trial: a tiny dataset and tiny networks, for tests."""
+    dataset = DatasetPlan(name="polymnist-smoke", digits=400, build_if_missing=True, num_modalities=3)
+    return SweepPlan(
+        profile="smoke",
+        dataset=dataset,
+        base=_template(
+            study,
+            data={"dataset": dataset.name, "batch_size": 16, "steps_per_epoch": 2, "loader_workers": 0,
+                  "eval_batch_size": 64},
+            model={"latent_dim": 8},
+            evaluation={"sample_limit": 64, "probe_train_samples": 32, "random_coherence_samples": 16,
+                        "prd_clusters": 4, "prd_angles": 101, "prd_runs": 1, "min_classifier_accuracy": 0.0,
+                        "metrics": ["coherence", "prd"]},
+            scaling={"num_workers": 1},
+        ),
+        num_samples=args.num_samples or 3,
+        max_epochs=args.max_epochs or 3,
+        grace_period=1,
+        reduction_factor=3.0,
+        classifier_epochs=1,
+        driver_resources={"CPU": 1.0},
+        storage_path=str(paths.results_dir()),
+        space_overrides={
+            "model.latent_dim": Choice(values=[8]),
+            "model.aggregator_options.num_flows": Choice(values=[1]),
+            "model.aggregator_options.coupling_width": Choice(values=[16]),
+            "model.aggregator_options.coupling_layers": Choice(values=[1]),
+        },
+    )
+
+
+@register_profile("cluster")
+def cluster_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
+    """The thesis's scale on a Ray cluster: 60,000 tuples, up to 500 epochs, DDP trials on GPUs.
+
+    Shards, results and the Aim repo come from the environment the k8s manifests set
+    (``mmplatform.paths``); the shards are built beforehand by the build job.
+    """
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else 1.0
+    workers = args.workers_per_trial or 1
+    dataset = DatasetPlan(name="polymnist", digits=None, build_if_missing=False)
+    return SweepPlan(
+        profile="cluster",
+        dataset=dataset,
+        base=_template(
+            study,
+            data={"dataset": dataset.name, "batch_size": 256, "loader_workers": 4},
+            evaluation={"sample_limit": 2000, "every_n_epochs": 5},
+            scaling={"num_workers": workers, "use_gpu": gpus > 0,
+                     "gpus_per_worker": gpus / workers if gpus > 0 else 0.0, "cpus_per_worker": 4.0},
+            tracking={"repo": paths.aim_repo()},
+        ),
+        num_samples=args.num_samples or 64,
+        max_epochs=args.max_epochs or 500,
+        grace_period=25,
+        reduction_factor=3.0,
+        classifier_epochs=10,
+        # Drivers hold only the custom resource of the CPU group: never a GPU node.
+        driver_resources={"CPU": 0.0, TRIAL_DRIVER_RESOURCE: 1.0},
+        storage_path=str(paths.results_dir()),
+        max_concurrent_trials=args.max_concurrent_trials,
+    )
+
+
+def dataset_dir(plan: SweepPlan) -> Path:
+    return paths.dataset_dir(plan.dataset.name)
