@@ -4,14 +4,9 @@ Same profiles and flags as sweeps/polymnist_fmean.py; the space is the thesis's 
 standard models (seed 000, section 5.4): beta, latent size, learning rate.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
-
-from mmplatform.sweep.profiles import Study  # noqa: E402
-from mmplatform.sweep.script import main  # noqa: E402
-from mmplatform.sweep.search_space import Choice, LogUniform, Uniform  # noqa: E402
+from mmplatform.sweep.profiles import Study
+from mmplatform.sweep.script import main
+from mmplatform.sweep.search_space import Choice, LogUniform, Uniform
 
 STUDY = Study(
     name="polymnist_baselines",

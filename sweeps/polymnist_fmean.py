@@ -7,14 +7,9 @@ The search space is the thesis's (seed 000, sections 5.4 and 6.1, Table 5.1): be
 number of flows, coupling-block layers, coupling width, latent size and learning rate.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
-
-from mmplatform.sweep.profiles import Study  # noqa: E402
-from mmplatform.sweep.script import main  # noqa: E402
-from mmplatform.sweep.search_space import Choice, LogUniform, Uniform  # noqa: E402
+from mmplatform.sweep.profiles import Study
+from mmplatform.sweep.script import main
+from mmplatform.sweep.search_space import Choice, LogUniform, Uniform
 
 STUDY = Study(
     name="polymnist_fmean",
