@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "mmplatform.commands.data",
     "mmplatform.commands.classifiers",
     "mmplatform.commands.train",
+    "mmplatform.commands.tracking",
 )
 
 

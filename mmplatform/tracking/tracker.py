@@ -1,0 +1,529 @@
+"""One Aim run per training, written from Ray Train rank 0.
+
+``Tracker`` wraps ``aim.Run`` with the three things training needs and Aim does not give:
+
+- **Re-attach without duplicates.** A restarted trial opens the run by the hash kept in its
+  checkpoint. Each sequence (metric or image name + context) accepts a step only if the
+  run holds no value at that step yet (``track`` returns False otherwise): the steps
+  stored per sequence are read from the run's series data when re-attaching, then kept in
+  memory. Epochs are steps, so a retried epoch (crash between logging and checkpointing)
+  logs nothing twice, and the first value written for a step wins. The series data, not
+  Aim's ``last_step`` metadata, is the truth: after a server crash the metadata can claim a
+  step whose value never reached the disk (seen in test_server_killed_mid_run_*), and a
+  step missing that way is accepted again.
+- **A dead server cannot stop training.** For ``aim://`` repos every Aim call runs with a
+  deadline (see :mod:`.remote` for what Aim does otherwise), the server is probed (HTTP,
+  short timeout) before opening, at each new step and before closing, and on the first
+  failure the tracker warns once (:class:`RemoteTrackingWarning`) and stops talking to it.
+- **Nothing is lost meanwhile.** For ``aim://`` repos every accepted point is also appended
+  to a local journal (:mod:`.journal`) in ``fallback_dir``, deleted once the server confirms
+  the closed run. A journal left behind is pushed into the run when it is re-attached with a
+  reachable server, or explicitly with :func:`~mmplatform.tracking.replay.replay_fallback`
+  (into the server, or into a local repo to browse with ``aim up``).
+
+A local repo path is written directly (no deadline, no journal): a local disk error is a
+real error and is raised. Not thread-safe: one tracker is used by one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mmplatform.tracking.journal import Journal, JournalContents, context_key, read_journal
+from mmplatform.tracking.remote import (
+    DeadlineCaller,
+    RemoteUnavailable,
+    forget_remote,
+    install_exit_guard,
+    is_remote,
+    probe,
+)
+
+logger = logging.getLogger(__name__)
+
+Scalar = bool | int | float | str | None
+SYSTEM_METRIC_PREFIX = "__system__"
+RUN_LIST_CACHE_S = 0.6
+"""A little over the 0.5 s for which Aim 3.29.1 caches a repo's run list."""
+
+
+class RemoteTrackingWarning(UserWarning):
+    """The Aim server is unreachable; metrics are journaled locally instead."""
+
+
+def flatten_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
+    """Nested config -> flat ``{"model.aggregator": "mopoe", ...}``.
+
+    Lists and tuples become their JSON text: hparams stay small and flat (Aim's UI and
+    queries slow down with many or deep params), and a list is still comparable with ``==``.
+    """
+    import json
+
+    flat: dict[str, Scalar] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_hparams(value, prefix=f"{dotted}."))
+        elif isinstance(value, (list, tuple)):
+            flat[dotted] = json.dumps(_plain(value))
+        else:
+            flat[dotted] = _plain(value)
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    """Numbers from torch/numpy -> Python numbers, recursively; Aim and JSON take only these."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars, 0-d arrays and tensors
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a run: {value!r}")
+
+
+def _check_hparams(hparams: Mapping[str, Any] | None) -> dict[str, Scalar]:
+    checked: dict[str, Scalar] = {}
+    for key, value in (hparams or {}).items():
+        value = _plain(value)
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"hparam {key!r} is not a scalar; pass flatten_hparams(config)")
+        checked[str(key)] = value
+    return checked
+
+
+def normalize_repo(repo: str | Path) -> str:
+    """The form a repo is compared and recorded in: ``aim://...`` as is, paths absolute."""
+    return repo if is_remote(repo) else str(Path(repo).expanduser().absolute())
+
+
+def _metric_value(value: Any) -> float:
+    # Always float: a sequence that gets an int first and a float later makes Aim rewrite
+    # its dtype (and warn) on every such switch.
+    return float(_plain(value))
+
+
+class Tracker:
+    """An Aim run with contexts, dedupe by step, and a local fallback for remote repos.
+
+    Args:
+        repo: a local repo path (created if missing) or ``aim://host:port``.
+        experiment: Aim experiment name (the sweep or study).
+        run_hash: the hash of a run to re-attach to (from the checkpoint), or None.
+        hparams: flat ``{name: scalar}``; see :func:`flatten_hparams`. Stored as
+            ``run["hparams"]`` and queryable as ``run.hparams.<name>``.
+        fallback_dir: where the journal of a remote run lives; default
+            ``<data root>/aim_fallback``. Put it on storage that outlives the worker
+            (the trial's results directory); JSON lines are safe on NFS.
+        timeout_s: deadline of each remote Aim call (opening, closing included).
+        probe_timeout_s: deadline of the HTTP liveness probe.
+        strict: raise :class:`~mmplatform.tracking.remote.RemoteUnavailable` instead of
+            falling back, and keep no journal (used by replay, which is the fallback).
+    """
+
+    def __init__(
+        self,
+        repo: str | Path,
+        experiment: str,
+        run_hash: str | None = None,
+        hparams: Mapping[str, Any] | None = None,
+        fallback_dir: str | Path | None = None,
+        *,
+        timeout_s: float = 30.0,
+        probe_timeout_s: float = 3.0,
+        strict: bool = False,
+    ):
+        self.repo = normalize_repo(repo)
+        self.experiment = experiment
+        self.hparams = _check_hparams(hparams)
+        self.remote = is_remote(self.repo)
+        self.timeout_s = timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        self.strict = strict
+        if fallback_dir is None:
+            from mmplatform.paths import data_root
+
+            fallback_dir = data_root() / "aim_fallback"
+        self.fallback_dir = Path(fallback_dir).expanduser()
+
+        self._run: Any = None
+        self._caller: DeadlineCaller | None = None
+        self._journal: Journal | None = None
+        self._recorded: dict[tuple[str, str], set[int]] = {}
+        self._max_step = -1
+        self._degraded = False
+        self._closed = False
+
+        if self.remote:
+            self._open_remote(run_hash)
+        else:
+            self._run, self._recorded = self._open_run(run_hash)
+            self._run_hash = self._run.hash
+
+    # ---------------------------------------------------------------- opening
+
+    def _open_remote(self, run_hash: str | None) -> None:
+        previous = self._previous_journal(run_hash)
+        target = run_hash
+        if previous is not None:
+            # An earlier replay may have put this run's records into another run.
+            target = previous.replayed.get(self.repo, run_hash)
+        install_exit_guard()
+        self._caller = DeadlineCaller(name=f"aim-remote-{self.repo}")
+        reason = self._probe()
+        if reason is None:
+            try:
+                self._run, self._recorded = self._caller.call(self.timeout_s, self._open_run, target)
+            except RemoteUnavailable as error:
+                reason = str(error)
+            except Exception as error:
+                # The server answered the probe, so this may be a bug rather than the
+                # network: training still goes on, but keep the traceback.
+                logger.warning("opening run %s on %s failed", target, self.repo, exc_info=True)
+                reason = f"{type(error).__name__}: {error}"
+        if self._run is not None:
+            self._run_hash = self._run.hash
+        else:
+            from aim.sdk.utils import generate_run_hash
+
+            # Keep the caller's hash so a checkpoint keeps pointing at the same journal.
+            self._run_hash = run_hash or generate_run_hash()
+        if not self.strict:
+            self._journal = Journal(self.fallback_dir, self._run_hash)
+            self._journal.open({"repo": self.repo, "experiment": self.experiment, "hparams": self.hparams})
+        if reason is not None:
+            self._give_up(f"at open: {reason}")
+        if previous is not None:
+            self._recover(previous)
+
+    def _previous_journal(self, run_hash: str | None) -> JournalContents | None:
+        if run_hash is None or self.strict:
+            return None
+        path = Journal(self.fallback_dir, run_hash).path
+        return read_journal(path) if path.exists() else None
+
+    def _open_run(self, run_hash: str | None) -> tuple[Any, dict[tuple[str, str], set[int]]]:
+        from aim import Run
+        from aim.sdk.errors import MissingRunError
+
+        options = dict(
+            repo=self.repo,
+            experiment=self.experiment,
+            # No system metrics or captured stdout: rank 0 of a trial logs what it means to.
+            system_tracking_interval=None,
+            capture_terminal_logs=False,
+            log_system_params=False,
+        )
+        run = None
+        if run_hash is not None:
+            for attempt in range(2):
+                _forget_cached_run_list()
+                try:
+                    # A crashed writer's lock: Aim frees it by itself in a local repo (its
+                    # PID is dead), but a server holds it for minutes. The trial's previous
+                    # process is gone (Ray restarted it) and one run has one writer, so a
+                    # remote re-attach forces it (Aim logs "Force-releasing locks").
+                    run = Run(run_hash, force_resume=self.remote, **options)
+                    break
+                except MissingRunError:
+                    if attempt == 0 and self.remote:
+                        # The server caches its run list too; ask again once it expired.
+                        time.sleep(RUN_LIST_CACHE_S)
+                        continue
+                    logger.warning("run %s is not in %s; starting a new run", run_hash, self.repo)
+        if run is None:
+            run = Run(**options)
+            recorded: dict[tuple[str, str], set[int]] = {}
+        else:
+            recorded = _recorded_steps(run)
+        run["hparams"] = self.hparams
+        return run, recorded
+
+    def _recover(self, previous: JournalContents) -> None:
+        """Push a journal left by an earlier process into this run (deduped by step)."""
+        moved = previous.run_hash != self._run_hash
+        if not moved and self._run is None:
+            # Same journal, server still down: only learn which steps are already taken.
+            for key, steps in previous.recorded_steps().items():
+                self._recorded.setdefault(key, set()).update(steps)
+            return
+        # Records go through the normal path: deduped against the run, journaled again only
+        # when they move to a new journal (this run got a new hash).
+        pushed = push_records(self, previous, journal=moved)
+        if moved:
+            _append_record(previous.path, {"kind": "replayed", "repo": self.repo, "run_hash": self._run_hash})
+        if pushed:
+            logger.info("pushed %d journaled records of %s into run %s", pushed, previous.path, self._run_hash)
+
+    # ---------------------------------------------------------------- tracking
+
+    @property
+    def run_hash(self) -> str:
+        """Keep this in the checkpoint; it can change only when re-attaching to a hash the
+        server does not know (a run journaled while the server was down)."""
+        return self._run_hash
+
+    @property
+    def degraded(self) -> bool:
+        """True once the remote server was given up; points go only to the journal."""
+        return self._degraded
+
+    @property
+    def journal_path(self) -> Path | None:
+        return self._journal.path if self._journal is not None else None
+
+    def track(self, value: Any, name: str, step: int, context: Mapping[str, Any] | None = None) -> bool:
+        """Record ``value`` at ``step``; False if the sequence already has this step."""
+        return bool(self.track_many({name: value}, step, context))
+
+    def track_many(self, metrics: Mapping[str, Any], step: int, context: Mapping[str, Any] | None = None) -> int:
+        """Record several metrics with one context at one step; returns how many were new."""
+        return self._track_metrics(metrics, step, context, journal=True)
+
+    def _track_metrics(self, metrics, step, context, *, journal: bool) -> int:
+        context = _plain(dict(context or {}))
+        step = self._check_step(step)
+        fresh = {name: _metric_value(value) for name, value in metrics.items() if self._is_new(name, context, step)}
+        if not fresh:
+            return 0
+        self._before_step(step)
+        for name, value in fresh.items():
+            if journal:
+                self._journal_append({"kind": "metric", "name": name, "context": context, "step": step, "value": value})
+            self._recorded.setdefault((name, context_key(context)), set()).add(step)
+        # One call for the whole dict: Aim sends it as one batch to the server.
+        self._call(self._run_track, fresh, step, context)
+        return len(fresh)
+
+    def track_image(
+        self,
+        image: Any,
+        name: str,
+        step: int,
+        context: Mapping[str, Any] | None = None,
+        caption: str | None = None,
+    ) -> bool:
+        """Record an image (PIL, or a CHW/HWC tensor or array, floats in [0, 1]) at ``step``."""
+        from mmplatform.tracking.images import to_pil
+
+        return self._track_image(to_pil(image), name, step, context, caption, journal=True)
+
+    def _track_image(self, pil_image, name, step, context, caption, *, journal: bool) -> bool:
+        context = _plain(dict(context or {}))
+        step = self._check_step(step)
+        if not self._is_new(name, context, step):
+            return False
+        self._before_step(step)
+        if journal and self._journal is not None:
+            path = self._journal.save_image(pil_image, name, step, context)
+            self._journal_append(
+                {"kind": "image", "name": name, "context": context, "step": step, "path": path, "caption": caption}
+            )
+        self._recorded.setdefault((name, context_key(context)), set()).add(step)
+        self._call(self._run_track_image, pil_image, name, step, context, caption)
+        return True
+
+    def set_summary(self, summary: Mapping[str, Any]) -> None:
+        """Store the final summary as ``run["summary"]`` (queryable as ``run.summary.<key>``)."""
+        self._set_summary(summary, journal=True)
+
+    def _set_summary(self, summary, *, journal: bool) -> None:
+        summary = _plain(dict(summary))
+        if journal:
+            self._journal_append({"kind": "summary", "value": summary})
+        self._call(self._run_setitem, "summary", summary)
+
+    def set_property(self, key: str, value: Any) -> None:
+        """Any other run-level value (``run[key] = value``); not journaled."""
+        self._call(self._run_setitem, key, _plain(value))
+
+    def close(self) -> None:
+        """Finish the run. For a remote run, a clean close means the server holds every
+        point (Aim flushes its queue), so the journal is deleted; otherwise it stays."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._run is not None:
+            if self.remote:
+                self._check_server("at close")
+            self._call(self._run_close)
+        if self._journal is not None:
+            if self._degraded:
+                self._journal.close()
+            else:
+                self._journal.delete()
+        if self._caller is not None:
+            self._caller.stop()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+
+    def _check_step(self, step: int) -> int:
+        if self._closed:
+            raise RuntimeError("tracker is closed")
+        step = int(step)
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return step
+
+    def _is_new(self, name: str, context: dict, step: int) -> bool:
+        return step not in self._recorded.get((name, context_key(context)), ())
+
+    def _before_step(self, step: int) -> None:
+        # One probe per epoch, not per metric: a server that died since the last epoch is
+        # noticed here, before more points go into a queue nobody will drain.
+        if step > self._max_step:
+            self._max_step = step
+            if self.remote and self._run is not None:
+                self._check_server(f"before step {step}")
+
+    def _check_server(self, when: str) -> None:
+        reason = self._probe()
+        if reason is not None:
+            self._give_up(f"{when}: {reason}")
+
+    def _probe(self) -> str | None:
+        # Giving up lasts for the rest of the training, so one slow answer from a busy
+        # server is not enough: ask twice (a refused port fails both in microseconds).
+        reason = probe(self.repo, self.probe_timeout_s)
+        if reason is not None:
+            reason = probe(self.repo, self.probe_timeout_s)
+        return reason
+
+    def _journal_append(self, record: dict) -> None:
+        if self._journal is not None:
+            self._journal.append(record)
+
+    def _call(self, function, *args) -> None:
+        if self._run is None:
+            return
+        if self._caller is None:  # local repo
+            function(*args)
+            return
+        try:
+            self._caller.call(self.timeout_s, function, *args)
+        except Exception as error:
+            self._give_up(f"{getattr(function, '__name__', function)}: {type(error).__name__}: {error}")
+
+    def _give_up(self, reason: str) -> None:
+        if self._degraded:
+            return
+        self._degraded = True
+        if self._caller is not None:
+            self._caller.abandoned = True
+        abandoned = [self._run, getattr(self._run, "repo", None)] if self._run is not None else []
+        self._run = None
+        forget_remote(self.repo, *abandoned)
+        if self.strict:
+            raise RemoteUnavailable(f"Aim server {self.repo} unreachable ({reason})")
+        if self._journal is not None:
+            self._journal.append({"kind": "unavailable", "reason": reason})
+        message = (
+            f"Aim server {self.repo} unreachable ({reason}). Training continues; run {self._run_hash} "
+            f"is journaled to {self.journal_path}. It is pushed to the server when the run is "
+            f"re-attached while the server is up, or with mmplatform.tracking.replay_fallback("
+            f"{str(self.fallback_dir)!r}, {self.repo!r})."
+        )
+        logger.warning(message)
+        warnings.warn(message, RemoteTrackingWarning, stacklevel=4)
+
+    # Run methods, called through _call (and so, for remote runs, on the deadline thread).
+
+    def _run_track(self, values: dict, step: int, context: dict) -> None:
+        self._run.track(values, step=step, context=context)
+
+    def _run_track_image(self, pil_image, name: str, step: int, context: dict, caption: str | None) -> None:
+        from aim import Image
+
+        self._run.track(Image(pil_image, caption=caption or ""), name=name, step=step, context=context)
+
+    def _run_setitem(self, key: str, value: Any) -> None:
+        self._run[key] = value
+
+    def _run_close(self) -> None:
+        self._run.close()
+
+
+def _forget_cached_run_list() -> None:
+    """Aim answers "does run X exist" from a run list cached for 0.5 s (in this process and,
+    for ``aim://``, in the server), so a run created just before (a replay of several
+    journals, a quick restart) is reported missing and would be forked. Found by
+    test_unreachable_at_open_is_journaled_and_replayed."""
+    from aim.sdk.repo import Repo
+
+    cache_clear = getattr(Repo._all_run_hashes, "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()
+
+
+def _recorded_steps(run: Any) -> dict[tuple[str, str], set[int]]:
+    """Steps stored per (name, context) in the run: one read of the run's metadata for the
+    list of sequences, then one read of step keys per sequence (no values)."""
+
+    def collect(key: str) -> dict:
+        try:
+            return run.meta_run_tree.collect(key) or {}
+        except KeyError:  # a run with nothing tracked yet
+            return {}
+
+    contexts = collect("contexts")
+    recorded: dict[tuple[str, str], set[int]] = {}
+    for context_id, sequences in collect("traces").items():
+        context = contexts.get(context_id, {})
+        for name, info in sequences.items():
+            if name.startswith(SYSTEM_METRIC_PREFIX):
+                continue
+            # Aim stores numbers (version 2) keyed by a hash of the step, with the step in a
+            # "step" column; other objects (version 1, images) keyed by the step itself. For
+            # those the small "time" column gives the keys without fetching the images
+            # (and a keys-only read of a remote array fails server-side in 3.29.1).
+            version = info.get("version", 1)
+            series = run.series_run_trees[version].subtree((context_id, name))
+            if version == 2:
+                steps = series.array("step", dtype="int64").values_list()
+            else:
+                steps = series.array("time").sparse_list()[0]
+            recorded[(name, context_key(context))] = {int(step) for step in steps}
+    return recorded
+
+
+def push_records(tracker: Tracker, contents: JournalContents, *, journal: bool) -> int:
+    """Feed a journal's records through ``tracker`` (its dedupe skips steps already there);
+    returns how many metric points and images were new to the run."""
+    pushed = 0
+    for record in contents.records:
+        kind = record["kind"]
+        if kind == "metric":
+            pushed += tracker._track_metrics({record["name"]: record["value"]}, record["step"], record["context"], journal=journal)
+        elif kind == "image":
+            from PIL import Image
+
+            with Image.open(contents.path.parent / record["path"]) as image:
+                image.load()
+                pushed += tracker._track_image(
+                    image, record["name"], record["step"], record["context"], record.get("caption"), journal=journal
+                )
+        elif kind == "summary":
+            # Not counted: setting the same summary again changes nothing.
+            tracker._set_summary(record["value"], journal=journal)
+    return pushed
+
+
+def _append_record(path: Path, record: dict) -> None:
+    import json
+    import time
+
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(json.dumps({"time": time.time(), **record}) + "\n")
