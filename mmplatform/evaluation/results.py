@@ -1,0 +1,45 @@
+"""What an evaluation pass returns: values with the contexts the tracker logs them under.
+
+Naming: ``MetricRecord.name`` is the metric (``coherence``, ``prd``, ``prd_f8``, ``prd_f1_8``,
+``latent_accuracy``, ``log_likelihood``, ``evaluated_samples``) and ``context`` says which
+value it is (``split``; ``kind`` in missing / reconstruction / random / all; ``subset``;
+``modality``): the Aim view. ``flat_name`` folds the context into one key for
+``ray.train.report`` and Tune: ``coherence_missing``, ``coherence_missing/m0_m1/m2``,
+``latent_accuracy/m0``, ``prd_random/m1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    """One logged value: ``name`` plus Aim context (``split``, and ``kind``/``subset``/``modality``)."""
+
+    name: str
+    value: float
+    context: Mapping[str, str]
+
+    @property
+    def flat_name(self) -> str:
+        """``name[_kind][/subset][/modality]``: unique within a pass, stable across runs."""
+        kind = self.context.get("kind")
+        flat = self.name if kind in (None, "all") else f"{self.name}_{kind}"
+        for part in ("subset", "modality"):
+            if part in self.context:
+                flat += f"/{self.context[part]}"
+        return flat
+
+
+@dataclass
+class EvaluationResult:
+    records: list[MetricRecord]
+
+    def scalars(self) -> dict[str, float]:
+        """Flat ``{flat_name: value}`` for ``ray.train.report`` and Tune."""
+        return {record.flat_name: record.value for record in self.records}
+
+    def __getitem__(self, flat_name: str) -> float:
+        return self.scalars()[flat_name]
