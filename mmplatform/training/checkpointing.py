@@ -55,6 +55,8 @@ class TrainingState:
     aim_run_hash: str | None
     rng_states: list[dict[str, Any]] = field(default_factory=list)
     status: str = "running"
+    last_objective: float = 0.0
+    """The sweep objective of the last evaluation, reported on until the next one."""
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / STATE_FILE

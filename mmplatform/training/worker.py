@@ -63,7 +63,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
     guard = DivergenceGuard(config.training.max_bad_steps, config.training.grad_clip_norm)
 
-    start_epoch, run_hash = 1, loop_config.get("aim_run_hash")
+    start_epoch, run_hash, last_objective = 1, loop_config.get("aim_run_hash"), 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -72,7 +72,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state.optimizer)
         guard.load_state_dict(state.guard)
         state.restore_rng(rank)
-        start_epoch, run_hash = state.epoch + 1, state.aim_run_hash
+        start_epoch, run_hash, last_objective = state.epoch + 1, state.aim_run_hash, state.last_objective
     else:
         torch.manual_seed(config.training.seed * 1000 + rank)
 
@@ -104,9 +104,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             evaluated = status != DIVERGED and (
                 epoch % config.evaluation.every_n_epochs == 0 or epoch == config.training.epochs
             )
-            results = evaluation.run(eval_reader, epoch) if evaluated else None
+            results = evaluation.run(eval_reader, epoch, rank) if evaluated else None
             if results is not None:
                 metrics.update(results.scalars())
+                last_objective = metrics.get("objective", last_objective)
+            # ASHA compares every epoch: carry the last evaluated objective between evaluations,
+            # and a diverged run scores the worst possible value.
+            metrics["objective"] = 0.0 if status == DIVERGED else last_objective
 
             rng_states = gather_rng_states()  # a collective: every rank takes part
             checkpoint_dir = None
@@ -115,7 +119,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 state = TrainingState(
                     epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                     guard=guard.state_dict(), aim_run_hash=tracker.run_hash, rng_states=rng_states,
-                    status=status,
+                    status=status, last_objective=metrics["objective"],
                 )
                 checkpoint_dir = write_checkpoint_dir(state)
             ray.train.report(

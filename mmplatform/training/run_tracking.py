@@ -1,0 +1,84 @@
+"""The Aim run of one training, as the worker loop uses it (rank 0 only).
+
+One Aim run per training. Its hash travels in every checkpoint; before the first
+checkpoint exists it is also written next to the Train run's checkpoints
+(``<storage>/<name>/aim_run.json``), so that a trial retried before its first checkpoint
+re-attaches to the same run instead of leaving an orphan beside a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from mmplatform.config import TrainConfig
+from mmplatform.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+RUN_HASH_FILE = "aim_run.json"
+TRAIN_PREFIX = "train/"
+
+
+def _hash_file(config: TrainConfig) -> Path | None:
+    storage = config.resolved_storage_path()
+    if "://" in storage:  # object storage: the checkpoint alone carries the hash
+        return None
+    return Path(storage) / config.name / RUN_HASH_FILE
+
+
+def _recorded_hash(config: TrainConfig) -> str | None:
+    path = _hash_file(config)
+    if path is None or not path.exists():
+        return None
+    return json.loads(path.read_text()).get("aim_run_hash")
+
+
+class TrainingTracker:
+    """Per-epoch logging with the contexts users filter on in Aim."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    @property
+    def run_hash(self) -> str:
+        return self.tracker.run_hash
+
+    def log_epoch(self, epoch: int, metrics: dict[str, Any], evaluation=None) -> None:
+        train = {name.removeprefix(TRAIN_PREFIX): value for name, value in metrics.items() if name.startswith(TRAIN_PREFIX)}
+        self.tracker.track_many(train, step=epoch, context={"split": "train"})
+        self.tracker.track(metrics["bad_steps"], "bad_steps", step=epoch, context={"split": "train"})
+        if evaluation is None:
+            return
+        for record in evaluation.records:
+            self.tracker.track(record.value, record.name, step=epoch, context=dict(record.context))
+        for key, grid in evaluation.images.items():
+            kind, modality = key.split("/", 1)
+            self.tracker.track_image(grid, "generations", step=epoch,
+                                     context={"kind": kind, "modality": modality, "split": "test"})
+
+    def finish(self, final_metrics: dict[str, Any]) -> None:
+        summary = {key: value for key, value in final_metrics.items() if isinstance(value, (int, float, str))}
+        self.tracker.set_summary(summary)
+
+    def close(self) -> None:
+        self.tracker.close()
+
+
+def open_tracker(config: TrainConfig, run_hash: str | None) -> TrainingTracker:
+    run_hash = run_hash or _recorded_hash(config)
+    tracker = Tracker(
+        repo=config.tracking.resolved_repo(),
+        experiment=config.tracking.experiment,
+        run_hash=run_hash,
+        hparams=config.flat_hparams(),
+        fallback_dir=config.tracking.resolved_fallback_dir(),
+    )
+    path = _hash_file(config)
+    # The hash changes when a run that began while the Aim server was down is re-attached.
+    if path is not None and tracker.run_hash != run_hash:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"aim_run_hash": tracker.run_hash}))
+    return TrainingTracker(tracker)

@@ -1,0 +1,165 @@
+"""One real local Ray cluster per test session, started like a user would (``ray start --head``).
+
+Tests connect their driver to it through ``RAY_ADDRESS`` and submit jobs to its dashboard,
+so training, sweeps and ``ray job submit`` all run against the same cluster. Every port is a
+free loopback port (other Ray instances may run on this machine) and ``RAY_ADDRESS`` is
+exported to the cluster's own processes, so Train's placement-group cleaner finds this
+cluster and not another. At the end the processes of this cluster, and only those, are
+stopped by PID (never ``ray stop``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+LOOPBACK_ENV = {
+    # Ray replaces 127.0.0.1 by the machine's network address unless it runs in its
+    # single-host mode; tests must only ever talk to loopback.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+LOGICAL_CPUS = 8
+"""More logical CPUs than the 2 cores: a Tune driver, a Train controller and each worker all
+ask for one while mostly waiting on each other."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_range(width: int) -> tuple[int, int]:
+    """A run of ``width`` consecutive free ports (Ray's worker ports)."""
+    for _ in range(50):
+        start = free_port()
+        if start + width > 65000:
+            continue
+        ports = range(start, start + width)
+        try:
+            sockets = []
+            for port in ports:
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return start, start + width - 1
+    raise RuntimeError("no free port range for Ray workers")
+
+
+@dataclass
+class LocalRayCluster:
+    address: str
+    dashboard_url: str
+    temp_dir: Path
+    env: dict[str, str]
+    """The environment a client of this cluster needs (address, auth token, loopback mode)."""
+
+    def client_env(self) -> dict[str, str]:
+        keys = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", *LOOPBACK_ENV)
+        return {key: self.env[key] for key in keys}
+
+    def processes(self) -> list[psutil.Process]:
+        """The processes of this cluster: every process whose command line names its temp dir."""
+        mine = []
+        marker = str(self.temp_dir)
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if any(marker in part for part in process.info["cmdline"] or ()):
+                    mine.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return mine
+
+    def stop(self) -> None:
+        processes = self.processes()
+        children = []
+        for process in processes:
+            try:
+                children.extend(process.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        everything = {p.pid: p for p in processes + children if p.pid != os.getpid()}
+        for process in everything.values():
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(list(everything.values()), timeout=15)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_local_cluster(num_cpus: int = LOGICAL_CPUS) -> LocalRayCluster:
+    # Ray's socket paths must stay short: a pytest tmp_path is too long.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    gcs_port, dashboard_port = free_port(), free_port()
+    min_worker, max_worker = free_port_range(40)
+    address = f"127.0.0.1:{gcs_port}"
+    venv_bin = str(Path(sys.executable).parent)
+    env = dict(os.environ)
+    env.update(LOOPBACK_ENV)
+    env.update(
+        RAY_ADDRESS=address,
+        # Token auth as on a real cluster; drivers and `ray job submit` get the same token.
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        # `ray job submit` entrypoints run `python` from the cluster's PATH: the venv's.
+        PATH=f"{venv_bin}:{env.get('PATH', '')}",
+    )
+    command = [
+        str(Path(venv_bin) / "ray"), "start", "--head",
+        f"--port={gcs_port}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+        f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--min-worker-port={min_worker}", f"--max-worker-port={max_worker}",
+        "--disable-usage-stats",
+    ]
+    cluster = LocalRayCluster(address, f"http://127.0.0.1:{dashboard_port}", temp_dir, env)
+    try:
+        started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
+        _wait_for_dashboard(cluster.dashboard_url)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _wait_for_dashboard(url: str, timeout_s: float = 120.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=5):
+                return
+        except urllib.error.HTTPError:  # answering at all (e.g. 401 under token auth) means it is up
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    raise TimeoutError(f"Ray dashboard at {url} did not answer within {timeout_s:.0f} s")
