@@ -57,7 +57,11 @@ class Aggregation:
     """``[K, C, B, D]`` latent samples to decode (reparameterized)."""
 
     log_q: Tensor
-    """``[K, C, B]``: log-density of ``z`` under the posterior it was drawn from."""
+    """``[K, C, B]``: log-density of ``z`` under the posterior it was drawn from.
+
+    May be passed as a zero-argument callable returning that tensor: it is then evaluated
+    on first read (and cached), so that the K = 1 closed-form ELBO never pays for a mixture
+    density it does not use. Readers always get a ``Tensor``."""
 
     subset_posteriors: SubsetPosterior
     """Posteriors of every subset in the mask, batch shape ``[S, B]``."""
@@ -72,6 +76,13 @@ class Aggregation:
 
     extra_losses: dict[str, Tensor] = field(default_factory=dict)
     """Scalar loss terms added to the negative bound, by name (logged under that name)."""
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if name == "log_q" and callable(value):  # a deferred log_q (Tensors are not callable)
+            value = value()
+            object.__setattr__(self, "log_q", value)
+        return value
 
 
 class Aggregator(nn.Module):

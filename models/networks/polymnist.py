@@ -1,0 +1,69 @@
+"""PolyMNIST conv encoder/decoder (anchors-mmvae 4.1: the MoPoE / MultiVae ``*ConvMMNIST`` nets).
+
+Encoder: Conv(3->32,k3,s2,p1)-ReLU-Conv(32->64,k3,s2,p1)-ReLU-Conv(64->128,k3,s2,p1)-ReLU-
+Flatten(2048)-Linear(2048->D)-ReLU, then Linear(D->D) heads for mu and logvar.
+Decoder: Linear(D->2048)-ReLU-Unflatten(128,4,4)-ConvT(128->64,k3,s2,p1)-ReLU-
+ConvT(64->32,k3,s2,p1,op1)-ReLU-ConvT(32->3,k3,s2,p1,op1): the Laplace location (no sigmoid).
+The two heads are one Linear(D -> 2D) split in two: the same function, one matmul.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from data_pipelines.modality import ModalitySpec
+from models.networks import NetworkEntry, register_networks
+
+
+class PolyMNISTEncoder(nn.Module):
+    def __init__(self, latent_dim: int = 512, channels: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2048, latent_dim),
+            nn.ReLU(),
+        )
+        self.heads = nn.Linear(latent_dim, 2 * latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.heads(self.features(x)).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class PolyMNISTDecoder(nn.Module):
+    def __init__(self, latent_dim: int = 512, channels: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, 2048),
+            nn.ReLU(),
+            nn.Unflatten(1, (128, 4, 4)),
+            nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, channels, 3, stride=2, padding=1, output_padding=1),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+def _fits(spec: ModalitySpec) -> bool:
+    return spec.kind == "image" and tuple(spec.shape[1:]) == (28, 28)
+
+
+register_networks(
+    NetworkEntry(
+        name="polymnist_conv",
+        matches=_fits,
+        encoder=lambda spec, d: PolyMNISTEncoder(d, spec.shape[0]),
+        decoder=lambda spec, d: PolyMNISTDecoder(d, spec.shape[0]),
+        priority=10,
+    )
+)
