@@ -52,8 +52,21 @@ class ClassifierBank(nn.ModuleDict):
         return {name: self[name](x) for name, x in inputs.items()}
 
 
+CLASSIFIER_BY_DATASET = {"polymnist": "polymnist_digit"}
+"""Which registered classifier (``models.classifiers``) judges each dataset's modalities."""
+
+
 def _classifier_bank(manifest: Manifest) -> ClassifierBank:
-    return ClassifierBank({spec.name: build_classifier(spec, len(manifest.label_names)) for spec in manifest.modalities})
+    if manifest.dataset not in CLASSIFIER_BY_DATASET:
+        raise ClassifierError(
+            f"no coherence classifier registered for dataset {manifest.dataset!r}; "
+            f"known: {sorted(CLASSIFIER_BY_DATASET)}"
+        )
+    name = CLASSIFIER_BY_DATASET[manifest.dataset]
+    return ClassifierBank({
+        spec.name: build_classifier(name, channels=spec.shape[0], num_classes=len(manifest.label_names))
+        for spec in manifest.modalities
+    })
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
@@ -141,8 +154,9 @@ def train_classifiers(data_root: Path, out_dir: Path, settings: ClassifierSettin
             name=f"classifiers-{Path(data_root).name}", storage_path=str(paths.results_dir())
         ),
     )
-    result = trainer.fit()
-    return {key.split("/", 1)[1]: value for key, value in result.metrics.items() if key.startswith("accuracy/")}
+    trainer.fit()
+    # Rank 0 wrote the classifiers with their accuracy; that file is the record, not Ray's result.
+    return read_accuracy(out_dir)
 
 
 def read_accuracy(classifiers_dir: Path) -> dict[str, float]:
