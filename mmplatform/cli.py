@@ -49,7 +49,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every leaf parser sets `run` with set_defaults(run=...); it returns an exit status.
     return int(args.run(args) or 0)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

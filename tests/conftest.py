@@ -7,10 +7,18 @@ them first (``polymnist_copy``).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.ray_fixtures import session_env
+
+# Ray reads these when it is first imported (by any test module): set them before that, so
+# every Ray process of the test session binds and dials loopback only, with one auth token.
+for _key, _value in session_env().items():
+    os.environ.setdefault(_key, _value)
 
 # ---------------------------------------------------------------- data fixtures
 
@@ -40,8 +48,6 @@ def polymnist_copy(polymnist_shards, tmp_path) -> Path:
 def ray_cluster():
     """One real local Ray cluster (``ray start --head``) for the whole session; the test
     process is its driver. Stopped by PID at the end."""
-    import os
-
     import ray
 
     from tests.ray_fixtures import start_local_cluster

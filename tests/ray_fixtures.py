@@ -29,6 +29,12 @@ LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
+
+def session_env() -> dict[str, str]:
+    """What Ray must see before it is first imported in the test process: loopback only, and
+    token auth as on a real cluster with one token for the session (Ray reads both at import)."""
+    return {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
 LOGICAL_CPUS = 8
 """More logical CPUs than the 2 cores: a Tune driver, a Train controller and each worker all
 ask for one while mostly waiting on each other."""
@@ -71,20 +77,39 @@ class LocalRayCluster:
     """The environment a client of this cluster needs (address, auth token, loopback mode)."""
 
     def client_env(self) -> dict[str, str]:
-        keys = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", *LOOPBACK_ENV)
+        keys = ("RAY_ADDRESS", *session_env())
         return {key: self.env[key] for key in keys}
 
     def processes(self) -> list[psutil.Process]:
-        """The processes of this cluster: every process whose command line names its temp dir."""
+        """The processes of this cluster: every process whose command line names its temp dir
+        (except this process and its ancestors, whose command lines may quote it)."""
         mine = []
         marker = str(self.temp_dir)
+        ourselves = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
         for process in psutil.process_iter(["cmdline"]):
             try:
+                if process.pid in ourselves:
+                    continue
                 if any(marker in part for part in process.info["cmdline"] or ()):
                     mine.append(process)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return mine
+
+    def worker_processes(self, title: str) -> list[psutil.Process]:
+        """Live worker processes of this cluster whose (Ray-set) title contains ``title``,
+        e.g. ``RayTrainWorker``: descendants of this cluster's raylet."""
+        found = []
+        for process in self.processes():
+            try:
+                if "raylet" not in process.name():
+                    continue
+                for child in process.children(recursive=True):
+                    if title in " ".join(child.cmdline()):
+                        found.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return found
 
     def stop(self) -> None:
         processes = self.processes()
@@ -94,7 +119,7 @@ class LocalRayCluster:
                 children.extend(process.children(recursive=True))
             except psutil.NoSuchProcess:
                 pass
-        everything = {p.pid: p for p in processes + children if p.pid != os.getpid()}
+        everything = {p.pid: p for p in processes + children}
         for process in everything.values():
             try:
                 process.terminate()
@@ -117,12 +142,10 @@ def start_local_cluster(num_cpus: int = LOGICAL_CPUS) -> LocalRayCluster:
     address = f"127.0.0.1:{gcs_port}"
     venv_bin = str(Path(sys.executable).parent)
     env = dict(os.environ)
-    env.update(LOOPBACK_ENV)
+    for key, value in session_env().items():
+        env.setdefault(key, value)  # keep the test session's token when it set one
     env.update(
         RAY_ADDRESS=address,
-        # Token auth as on a real cluster; drivers and `ray job submit` get the same token.
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(32),
         # `ray job submit` entrypoints run `python` from the cluster's PATH: the venv's.
         PATH=f"{venv_bin}:{env.get('PATH', '')}",
     )
