@@ -87,6 +87,8 @@ class EvaluationConfig(_Section):
     probe_train_samples: int = Field(1000, ge=2)
     random_coherence_samples: int = Field(1000, ge=1)
     log_likelihood_samples: int = Field(12, ge=1)
+    prd_samples: int = Field(10000, ge=1)
+    """Real and generated samples per PRD pair (MoPoE: 10,000); at most ``sample_limit``."""
     prd_clusters: int = Field(20, ge=2)
     prd_angles: int = Field(1001, ge=3)
     prd_runs: int = Field(10, ge=1)
@@ -156,6 +158,20 @@ class TrainConfig(_Section):
 
     def resolved_storage_path(self) -> str:
         return self.storage_path or str(paths.results_dir())
+
+    def with_resolved_paths(self) -> "TrainConfig":
+        """A copy with every defaulted location filled in from this process's environment.
+
+        The launcher sends this to the workers, so a worker's environment (another node, a
+        Tune trial driver) can never redirect a run's data, checkpoints or Aim runs."""
+        return self.model_copy(update={
+            "storage_path": self.resolved_storage_path(),
+            "data": self.data.model_copy(update={"path": self.data.root()}),
+            "evaluation": self.evaluation.model_copy(update={"classifiers_dir": self.evaluation.classifiers_dir
+                                                             or self.data.root() / "classifiers"}),
+            "tracking": self.tracking.model_copy(update={"repo": self.tracking.resolved_repo(),
+                                                         "fallback_dir": self.tracking.resolved_fallback_dir()}),
+        })
 
     def flat_hparams(self) -> dict[str, Any]:
         """Small, flat hparams for Aim, under the short names users query

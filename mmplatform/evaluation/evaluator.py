@@ -99,6 +99,8 @@ class EvaluationOptions:
             prd_feature_extractor="inception-v3-compat" if weights is not None else "classifier",
             feature_extractor_weights_path=str(weights) if weights is not None else None,
             sample_limit=getattr(config, "sample_limit", None),
+            # A sampled evaluation (sweeps) must not still decode 10,000 prior samples for PRD.
+            prd_samples=min(config.prd_samples, config.sample_limit or config.prd_samples),
             seed=seed,
             label_kind=label_kind,
         )

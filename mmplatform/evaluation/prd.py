@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import MiniBatchKMeans
+from threadpoolctl import threadpool_limits
 
 ANGLE_EPSILON = 1e-10
 """Keeps the grid off 0 and pi/2, where tan is 0 (recall = 0/0) or infinite."""
@@ -112,7 +113,12 @@ def cluster_histograms(
     if union.shape[0] < num_clusters:
         raise ValueError(f"{union.shape[0]} feature vectors cannot form {num_clusters} clusters")
     kmeans = MiniBatchKMeans(n_clusters=num_clusters, n_init=n_init, random_state=seed)
-    assignments = kmeans.fit_predict(union)
+    # One OpenMP/BLAS thread: each step is a 1024 x 20 x 128 problem, far too small to split, and
+    # on a busy machine sklearn's threads wait on each other: measured 0.34 s per clustering with
+    # 1 thread vs 2.2-7.7 s with 2 on a shared 2-core box (benchmarks/evaluation.py). The pairs
+    # themselves are independent and are what should run in parallel (ranks, processes).
+    with threadpool_limits(limits=1):
+        assignments = kmeans.fit_predict(union)
     eval_assign, ref_assign = assignments[: len(eval_features)], assignments[len(eval_features):]
     eval_hist = np.bincount(eval_assign, minlength=num_clusters) / len(eval_assign)
     ref_hist = np.bincount(ref_assign, minlength=num_clusters) / len(ref_assign)

@@ -26,9 +26,7 @@ GRID_SAMPLES = 8
 
 
 def classifiers_dir(config: TrainConfig) -> Path:
-    from mmplatform.commands.classifiers import DEFAULT_SUBDIR
-
-    return Path(config.evaluation.classifiers_dir or config.data.root() / DEFAULT_SUBDIR)
+    return Path(config.with_resolved_paths().evaluation.classifiers_dir)
 
 
 def evaluated_modalities(config: TrainConfig, manifest: Manifest) -> list[str]:

@@ -24,6 +24,7 @@ def preflight(config: TrainConfig) -> None:
 
 
 def build_trainer(config: TrainConfig, callbacks=(), aim_run_hash: str | None = None) -> TorchTrainer:
+    config = config.with_resolved_paths()
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
