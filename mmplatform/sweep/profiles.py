@@ -120,9 +120,11 @@ def smoke_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
             data={"dataset": dataset.name, "batch_size": 16, "steps_per_epoch": 2, "loader_workers": 0,
                   "eval_batch_size": 64},
             model={"latent_dim": 8},
-            evaluation={"sample_limit": 64, "probe_train_samples": 32, "random_coherence_samples": 16,
-                        "prd_clusters": 4, "prd_angles": 101, "prd_runs": 1, "min_classifier_accuracy": 0.0,
-                        "metrics": ["coherence", "prd"]},
+            # At seconds scale coherence and PRD sit at chance for every trial, so ASHA could
+            # not tell trials apart; the smoke profile ranks them by log-likelihood instead.
+            evaluation={"sample_limit": 64, "random_coherence_samples": 16, "log_likelihood_samples": 2,
+                        "min_classifier_accuracy": 0.0, "metrics": ["coherence", "log_likelihood"],
+                        "objective_weights": {"log_likelihood": 1.0}},
             scaling={"num_workers": 1},
         ),
         num_samples=args.num_samples or 3,

@@ -97,9 +97,12 @@ def summarize(results, sweep: SweepConfig) -> dict[str, Any]:
     trials = []
     for result in results:
         metrics = result.metrics or {}
+        status = metrics.get("status", "error" if result.error else "unknown")
+        if status == "running":  # its last report was mid-training: the scheduler stopped it
+            status = "stopped_early"
         trials.append({
             "trial_id": metrics.get("trial_id"),
-            "status": metrics.get("status", "error" if result.error else "unknown"),
+            "status": status,
             "epoch": metrics.get("epoch"),
             METRIC: metrics.get(METRIC),
             "error": str(result.error) if result.error else None,

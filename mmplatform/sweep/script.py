@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmplatform import paths
+from mmplatform.config import build_config
 from mmplatform.sweep.config import SweepConfig, build_sweep_config
 from mmplatform.sweep.profiles import PROFILES, Study, SweepPlan, dataset_dir
 from mmplatform.sweep.search_space import Choice
@@ -41,6 +42,10 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
     base = dict(plan.base)
     base["training"] = {**base.get("training", {}), "seed": args.seed}
     base["data"] = {**base["data"], "path": str(dataset_dir(plan))}
+    base["storage_path"] = plan.storage_path
+    # Resolve every location here, in the sweep's driver: trial drivers run in Ray workers
+    # whose environment must not decide where data, checkpoints and Aim runs go.
+    base = build_config(base).with_resolved_paths().model_dump(mode="json", exclude={"name"})
     return build_sweep_config({
         "name": args.name or f"{study.name}-{plan.profile}",
         "base": base,
@@ -69,7 +74,7 @@ def prepare_dataset(plan: SweepPlan) -> Path:
                 f"`mmplatform data polymnist --out {root}`)"
             ) from None
         print(f"building PolyMNIST shards at {root} (first use)")
-        build_polymnist(root, num_modalities=plan.dataset.num_modalities, digits=plan.dataset.digits, seed=0)
+        build_polymnist(root, modalities=plan.dataset.num_modalities, digits=plan.dataset.digits, seed=0)
     return root
 
 
