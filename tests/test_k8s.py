@@ -33,6 +33,7 @@ import yaml
 
 from mmplatform.paths import (
     AIM_REPO_ENV,
+    CLUSTER_MAX_GPUS_ENV,
     AIM_TRACKING_PORT,
     AIM_UI_PORT,
     DATA_ROOT_ENV,
@@ -57,7 +58,7 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 KUBERNETES_VERSION = "1.32.0"
 
 PATH_ENV_KEYS = (DATA_ROOT_ENV, DATASETS_DIR_ENV, RESULTS_DIR_ENV)
-CONTRACT_ENV_KEYS = (*PATH_ENV_KEYS, AIM_REPO_ENV)
+CONTRACT_ENV_KEYS = (*PATH_ENV_KEYS, AIM_REPO_ENV, CLUSTER_MAX_GPUS_ENV)
 RAY_HEAD_PORTS = {"dashboard": 8265, "gcs": 6379, "client": 10001}
 EXTERNAL_SERVICE_TYPES = {"LoadBalancer", "NodePort"}
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -988,6 +989,14 @@ def test_contract_env_names_are_those_mmplatform_paths_reads(objects):
     assert set(config_map["data"]) == set(CONTRACT_ENV_KEYS)
     data = config_map["data"]
     assert PurePosixPath(data[DATASETS_DIR_ENV]).is_relative_to(data[DATA_ROOT_ENV])
+
+
+def test_max_gpus_is_what_the_gpu_group_can_scale_to(objects):
+    cluster = only(objects, "RayCluster")
+    gpu_group = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    per_pod = int(gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE])
+    configured = only(objects, "ConfigMap", "mmplatform-env")["data"][CLUSTER_MAX_GPUS_ENV]
+    assert float(configured) == gpu_group["maxReplicas"] * per_pod
 
 
 def test_paths_and_env_agree_across_pods(objects):
