@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 run: $(STAMP)
-	$(VENV)/bin/mmplatform data polymnist --out "$${MMPLATFORM_DATA_ROOT:-$$HOME/.cache/mmplatform}/datasets/polymnist"
+	$(VENV)/bin/python sweeps/polymnist_fmean.py
 
 clean-venv:
 	rm -rf $(VENV)
