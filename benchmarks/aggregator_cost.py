@@ -39,10 +39,6 @@ Prints one JSON object and writes it to ``benchmarks/results/aggregator_cost.jso
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -51,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _report import emit, machine_facts  # noqa: E402
 
 from train_step import flops_per_sample, matmul_gflops, training_step  # noqa: E402
 
@@ -181,14 +178,8 @@ def main() -> None:
         "aggregators": aggregators,
         "below_80pct_flop_rate": [n for n, r in aggregators.items() if r["flop_rate_vs_mopoe"] < 0.8],
         "matmul_gflops": round(ceiling / 1e9, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
     }
-    print(json.dumps(result))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit({**result, **machine_facts()}, args.out)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -59,6 +56,8 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit, machine_facts  # noqa: E402
 
 from benchmarks.train_step import matmul_gflops  # noqa: E402
 from data_pipelines.polymnist import build_polymnist  # noqa: E402
@@ -341,16 +340,9 @@ def main() -> None:
         "channels_last": not args.no_channels_last,
         "latent_dim": args.latent_dim,
         "prd": {"clusters": 20, "runs": args.prd_runs, "kmeans_n_init": 10, "samples": prd_full},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "load_average": os.getloadavg(),
         "blas_openmp": sorted({f"{i['internal_api']}:{i['num_threads']}" for i in threadpool_info()}),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
     }
-    print(json.dumps(result))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit({**result, **machine_facts()}, args.out)
 
 
 if __name__ == "__main__":

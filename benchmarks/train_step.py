@@ -24,10 +24,7 @@ CPU seconds of this process (all threads), which other processes taking the core
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,6 +34,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit, machine_facts  # noqa: E402
 
 from data_pipelines.modality import ModalitySpec  # noqa: E402
 from models import MultimodalVAE  # noqa: E402
@@ -182,14 +181,8 @@ def main() -> None:
         "bare_ceiling_fraction_cpu": round(bare_cpu_rate * bare_flops / cpu_ceiling, 4),
         "model_vs_bare_cpu": round(model_cpu_rate / bare_cpu_rate, 4),
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
     }
-    print(json.dumps(result))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit({**result, **machine_facts()}, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.aim_fixtures import free_port
+
 LOOPBACK_ENV = {
     # Ray replaces 127.0.0.1 by the machine's network address unless it runs in its
     # single-host mode; tests must only ever talk to loopback.
@@ -38,12 +40,6 @@ def session_env() -> dict[str, str]:
 LOGICAL_CPUS = 8
 """More logical CPUs than the 2 cores: a Tune driver, a Train controller and each worker all
 ask for one while mostly waiting on each other."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_port_range(width: int) -> tuple[int, int]:

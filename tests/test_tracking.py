@@ -31,7 +31,7 @@ from mmplatform.tracking import (
 )
 from mmplatform.tracking.images import to_pil
 from mmplatform.tracking.journal import iter_journals, read_journal
-from tests.aim_fixtures import aim_server, aim_server_factory, free_port  # noqa: F401 (fixtures)
+from tests.aim_fixtures import free_port
 
 HPARAMS = {"aggregator": "mopoe", "model.beta": 1.0, "sweep": "polymnist", "trial_id": "t0"}
 MISSING = {"subset": "m0_m1", "modality": "m2", "split": "test", "kind": "missing"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmplatform.config import ConfigError, TrainConfig, build_config, merge, nest
 from mmplatform.sweep.search_space import ParamSpec
