@@ -89,8 +89,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         test_dir, batch_size=config.data.eval_batch_size, modalities=modalities,
         max_samples=config.evaluation.sample_limit,
     )
-    tracker = open_tracker(config, run_hash) if rank == 0 else None
     evaluation = EvaluationSession(config, model, train_dir=train_dir, device=device)
+    # Opened last: a setup error above must not leave an empty Aim run behind.
+    tracker = open_tracker(config, run_hash) if rank == 0 else None
 
     try:
         for epoch in range(start_epoch, config.training.epochs + 1):
@@ -98,7 +99,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             sums = _train_one_epoch(ddp_model, optimizer, guard, make_loader(train_reader, config.data.loader_workers), device)
             totals = _all_reduce_sums(sums, device)
             num_steps = max(totals.pop("steps"), 1.0)
+            skipped_steps = totals.pop("skipped_steps")
+            # Per-step means of every loss term over all ranks.
             metrics: dict[str, Any] = {f"train/{name}": value / num_steps for name, value in totals.items()}
+            metrics["skipped_steps"] = skipped_steps
             status = DIVERGED if guard.diverged else (FINISHED if epoch == config.training.epochs else RUNNING)
             metrics.update(epoch=epoch, status=status, bad_steps=guard.bad_steps)
 
@@ -142,7 +146,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _train_one_epoch(model, optimizer, guard: DivergenceGuard, loader, device) -> dict[str, float]:
     model.train()
-    sums: dict[str, float] = {"steps": 0.0, "skipped_steps": 0.0}
+    steps, skipped = 0, 0
+    # Loss terms accumulate on the device and are read once per epoch, not once per step.
+    sums: dict[str, torch.Tensor] = {}
     for batch in loader:
         inputs = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.inputs.items()}
         output = model(inputs)
@@ -150,12 +156,11 @@ def _train_one_epoch(model, optimizer, guard: DivergenceGuard, loader, device) -
         output.loss.backward()
         if guard.check_and_clip(model.parameters()):
             optimizer.step()
-            sums["steps"] += 1
-            sums["loss"] = sums.get("loss", 0.0) + float(output.loss.detach())
-            for name, value in output.terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            steps += 1
+            for name, value in {"loss": output.loss, **output.terms}.items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
         else:
-            sums["skipped_steps"] += 1
+            skipped += 1
         if guard.diverged:
             break
-    return sums
+    return {"steps": float(steps), "skipped_steps": float(skipped), **{k: float(v) for k, v in sums.items()}}
