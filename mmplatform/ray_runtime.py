@@ -19,6 +19,16 @@ def local_logical_cpus() -> int:
     return max(MIN_LOCAL_LOGICAL_CPUS, 2 * (os.cpu_count() or 1))
 
 
+def pin_ray_address() -> None:
+    """Worker setup hook: Ray's address auto-detection in a worker finds its own cluster.
+
+    Ray Train's PlacementGroupCleaner opens a State API client without an address; on a
+    machine with several Ray instances auto-detection fails ("Found multiple active Ray
+    instances"), the placement groups of trials ASHA stops leak and later trials starve.
+    """
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
 def ensure_ray(num_cpus: int | None = None, resources: dict[str, float] | None = None) -> dict:
     """Initialize Ray once per process and return the cluster's resources."""
     if not ray.is_initialized():
@@ -30,5 +40,6 @@ def ensure_ray(num_cpus: int | None = None, resources: dict[str, float] | None =
                 resources=resources,
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
+                runtime_env={"worker_process_setup_hook": "mmplatform.ray_runtime.pin_ray_address"},
             )
     return ray.cluster_resources()

@@ -32,6 +32,9 @@ class SweepConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Default: as many trials as the cluster's CPUs/GPUs can hold at once."""
+    search_seed: int | None = None
+    """Seed of the random search (Tune's BasicVariantGenerator): the same seed draws the same
+    trials, so ASHA and FIFO sweeps (or two reruns) can be compared trial for trial."""
     trial_max_failures: int = Field(1, ge=0)
     """Tune retries a failed trial (its driver) this many times; it resumes its checkpoints."""
     driver_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})

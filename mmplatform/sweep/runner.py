@@ -10,12 +10,14 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from mmplatform.config import TrainConfig, check_against_cluster
 from mmplatform.ray_runtime import ensure_ray
 from mmplatform.sweep.config import SchedulerConfig, SweepConfig
 from mmplatform.sweep.search_space import to_param_space
 from mmplatform.sweep.trial import run_trial
+from mmplatform.tracking import create_local_repo
 from mmplatform.training.launcher import preflight
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ def run_sweep(sweep: SweepConfig, storage_path: str, cluster_resources: dict[str
         tune.with_parameters(run_trial, sweep_tree=sweep.model_dump(mode="json")),
         _tune_resources(sweep.driver_resources),
     )
+    create_local_repo(template.tracking.resolved_repo())
     experiment_dir = f"{storage_path.rstrip('/')}/{sweep.name}"
     if tune.Tuner.can_restore(experiment_dir):
         logger.info("continuing sweep %s from %s", sweep.name, experiment_dir)
@@ -79,7 +82,10 @@ def run_sweep(sweep: SweepConfig, storage_path: str, cluster_resources: dict[str
             param_space=to_param_space(sweep.search_space),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, num_samples=sweep.num_samples,
-                scheduler=build_scheduler(sweep.scheduler), max_concurrent_trials=max_concurrent,
+                scheduler=build_scheduler(sweep.scheduler),
+                # Tune ignores TuneConfig.max_concurrent_trials when a search_alg that is not a
+                # Searcher is given: the generator itself must carry the limit.
+                search_alg=BasicVariantGenerator(random_state=sweep.search_seed, max_concurrent=max_concurrent),
             ),
             run_config=tune.RunConfig(
                 name=sweep.name, storage_path=storage_path,

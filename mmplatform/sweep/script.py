@@ -32,6 +32,7 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent-trials", type=int, help="default: what the cluster can hold")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="fifo = plain random search")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trials' training")
+    parser.add_argument("--search-seed", type=int, help="seed of the sampled trials (default: unseeded)")
     return parser.parse_args(argv)
 
 
@@ -55,6 +56,7 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
                       "grace_period": plan.grace_period, "reduction_factor": plan.reduction_factor},
         "driver_resources": plan.driver_resources,
         "max_concurrent_trials": plan.max_concurrent_trials,
+        "search_seed": args.search_seed,
     })
 
 
@@ -104,7 +106,7 @@ def cluster_resources() -> dict[str, float]:
 
 def aim_hint(repo: str) -> str:
     if repo.startswith("aim://"):
-        return "open the Aim UI of the cluster (see README: kubectl port-forward svc/aim 43800)"
+        return "open the Aim UI of the cluster: kubectl -n mmplatform port-forward svc/mmplatform-aim 43800:43800"
     return f"open the Aim UI with: .venv/bin/aim up --repo {repo}   (then http://127.0.0.1:43800)"
 
 

@@ -9,12 +9,13 @@ tracker is opened or a repo queried, torch never (tensors are recognised by thei
   back with AimQL.
 """
 
-from mmplatform.tracking.query import query_images, query_metrics, query_runs, reindex
+from mmplatform.tracking.query import create_local_repo, query_images, query_metrics, query_runs, reindex
 from mmplatform.tracking.remote import RemoteUnavailable
 from mmplatform.tracking.replay import ReplayResult, replay_fallback
 from mmplatform.tracking.tracker import RemoteTrackingWarning, Tracker, flatten_hparams
 
 __all__ = [
+    "create_local_repo",
     "RemoteTrackingWarning",
     "RemoteUnavailable",
     "ReplayResult",

@@ -119,3 +119,13 @@ def query_images(repo: str | Path, query: str) -> list[SeriesRecord]:
         images = [(value[0] if isinstance(value, list) else value).to_pil_image() for value in values]
         records.append(SeriesRecord(sequence.run.hash, sequence.name, sequence.context.to_dict(), list(steps), images))
     return records
+
+
+def create_local_repo(repo: str | Path) -> None:
+    """Create a local repo now, once: concurrent trials that each create it on first use race
+    (one of them then fails with "repository ... out of date"). A remote repo needs nothing."""
+    if is_remote(repo):
+        return
+    from aim import Repo
+
+    Repo.from_path(str(repo), init=True)
