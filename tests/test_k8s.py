@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO_ROOT / "k8s"
 KUSTOMIZATIONS = {
     "cluster": K8S_DIR,
-    "shards": K8S_DIR / "jobs" / "shards",
+    "shards": K8S_DIR / "jobs" / "build-shards",
     "sweep": K8S_DIR / "jobs" / "sweep",
 }
 CRD_DIR = REPO_ROOT.parent / "shared" / "data" / "kuberay-crds"
