@@ -50,7 +50,12 @@ def _assert_one_run_per_trial(root: Path, sweep: str, trials: list[dict]) -> Non
     epochs = {t["trial_id"]: t["epoch"] for t in trials}
     for run in runs:
         series = query_metrics(repo, f'run.hash == "{run.run_hash}" and metric.name == "loss"')
-        assert [s.steps for s in series] == [list(range(1, epochs[run.hparams["trial_id"]] + 1))]
+        assert len(series) == 1
+        steps = series[0].steps
+        # Every epoch once, in order. A trial that ASHA stops may already have logged the next
+        # epoch before the stop reached its workers: Aim then holds one epoch more than Tune.
+        assert steps == list(range(1, len(steps) + 1))
+        assert epochs[run.hparams["trial_id"]] <= len(steps) <= epochs[run.hparams["trial_id"]] + 1
 
 
 def test_smoke_sweep_asha_stops_some_and_every_trial_has_its_aim_run(data_root):
