@@ -93,6 +93,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Opened last: a setup error above must not leave an empty Aim run behind.
     tracker = open_tracker(config, run_hash) if rank == 0 else None
 
+    metrics: dict[str, Any] | None = None
     try:
         for epoch in range(start_epoch, config.training.epochs + 1):
             train_reader.set_epoch(epoch)
@@ -101,7 +102,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             num_steps = max(totals.pop("steps"), 1.0)
             skipped_steps = totals.pop("skipped_steps")
             # Per-step means of every loss term over all ranks.
-            metrics: dict[str, Any] = {f"train/{name}": value / num_steps for name, value in totals.items()}
+            metrics = {f"train/{name}": value / num_steps for name, value in totals.items()}
             metrics["skipped_steps"] = skipped_steps
             status = DIVERGED if guard.diverged else (FINISHED if epoch == config.training.epochs else RUNNING)
             metrics.update(epoch=epoch, status=status, bad_steps=guard.bad_steps)
@@ -137,7 +138,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if status == DIVERGED:
                 logger.warning("training diverged at epoch %d after %d non-finite steps", epoch, guard.bad_steps)
                 break
-        if tracker is not None:
+        # A run restored after its last epoch (e.g. a sweep restored right after the trial
+        # finished training) has nothing left to do or to report.
+        if tracker is not None and metrics is not None:
             tracker.finish(metrics)
     finally:
         if tracker is not None:
