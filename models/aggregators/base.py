@@ -21,7 +21,6 @@ Registered names are the ones configs and sweeps use: ``poe``, ``moe``, ``mopoe`
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -109,7 +108,6 @@ class Aggregator(nn.Module):
         raise NotImplementedError
 
 
-AggregatorFactory = Callable[..., Aggregator]
 AGGREGATORS: dict[str, type[Aggregator]] = {}
 
 
