@@ -47,6 +47,27 @@ class DataConfig(_Section):
         return Path(self.path) if self.path is not None else paths.dataset_dir(self.dataset)
 
 
+class LikelihoodChoice(_Section):
+    """A decoder likelihood that replaces the one the dataset's manifest names for a modality."""
+
+    kind: str | None = None
+    """Registered likelihood (``laplace``, ``gaussian``, ...); ``None`` keeps the manifest's."""
+    scale: float | None = Field(None, gt=0.0)
+    """Fixed scale of a ``laplace`` or ``gaussian`` likelihood; ``None`` keeps its default."""
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, name: str | None) -> str | None:
+        from models.likelihoods import LIKELIHOODS
+
+        if name is not None and name not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {name!r}; registered: {', '.join(sorted(LIKELIHOODS))}")
+        return name
+
+
+ALL_MODALITIES = "*"
+
+
 class ModelConfig(_Section):
     aggregator: str = "mopoe"
     latent_dim: int = Field(512, ge=1)
@@ -55,6 +76,10 @@ class ModelConfig(_Section):
     """K: 1 trains the ELBO, K > 1 the importance-weighted bound."""
     aggregator_options: dict[str, Any] = Field(default_factory=dict)
     """Aggregator-specific options, e.g. ``num_flows``, ``coupling_width`` for f-means."""
+    likelihoods: dict[str, LikelihoodChoice] = Field(default_factory=dict)
+    """Per modality, a likelihood replacing the manifest's (Laplace, scale 0.75 for images), e.g.
+    ``{"m0": {"kind": "gaussian", "scale": 0.1}}``. The key ``"*"`` applies to every modality
+    without an entry of its own; an entry of its own replaces ``"*"`` as a whole."""
 
     @field_validator("aggregator")
     @classmethod
@@ -188,6 +213,11 @@ class TrainConfig(_Section):
             "epochs": self.training.epochs,
             "seed": self.training.seed,
             "grad_clip_norm": self.training.grad_clip_norm,
+            # e.g. "*=gaussian(0.1)"; "manifest" when every modality keeps the dataset's likelihood
+            "likelihood": ",".join(
+                f"{key}={choice.kind or 'manifest'}" + (f"({choice.scale:g})" if choice.scale is not None else "")
+                for key, choice in sorted(self.model.likelihoods.items())
+            ) or "manifest",
             "num_workers": self.scaling.num_workers,
             "run_name": self.name,
         }
@@ -269,7 +299,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def check_against_dataset(config: TrainConfig, modality_names: Sequence[str]) -> None:
-    """The configured modalities must exist in the dataset's manifest."""
+    """The configured modalities (and likelihood overrides) must exist in the dataset's manifest."""
+    unknown = [name for name in config.model.likelihoods if name not in (*modality_names, ALL_MODALITIES)]
+    if unknown:
+        raise ConfigError(
+            f"model.likelihoods: {unknown} not in the dataset at {config.data.root()}; "
+            f"available: {list(modality_names)} or {ALL_MODALITIES!r} for all"
+        )
     if config.data.modalities is None:
         return
     unknown = [name for name in config.data.modalities if name not in modality_names]

@@ -86,3 +86,53 @@ def test_hparams_are_flat_and_use_the_names_users_query():
     assert hparams["aggregator"] == "mopoe" and hparams["beta"] == 2.0
     assert hparams["num_flows"] == 2 and hparams["sweep"] == "s" and hparams["trial_id"] == "t1"
     assert all(not isinstance(value, (dict, list)) for value in hparams.values())
+
+
+def _manifest(*specs):
+    from data_pipelines.manifest import Manifest
+
+    return Manifest(dataset="d", version="1", split="train", modalities=tuple(specs), label_kind="class_index",
+                    label_names=tuple("0123456789"), num_samples=1, samples_per_shard=1, shards=())
+
+
+def _image(name):
+    from data_pipelines.modality import ModalitySpec
+
+    return ModalitySpec(name=name, kind="image", shape=(3, 28, 28), dtype="uint8", likelihood="laplace")
+
+
+def test_likelihood_overrides_reach_the_model():
+    """``model.likelihoods``: "*" sets every modality, a modality's own entry replaces "*"."""
+    from models.likelihoods import GaussianLikelihood, LaplaceLikelihood
+
+    from mmplatform.training.model_factory import build_model
+
+    manifest = _manifest(_image("m0"), _image("m1"), _image("m2"))
+    config = build_config({"model": {"latent_dim": 4, "likelihoods": {
+        "*": {"kind": "gaussian", "scale": 0.1}, "m2": {"scale": 0.5}}}})
+    model = build_model(config, manifest)
+    for name in ("m0", "m1"):
+        assert isinstance(model.likelihoods[name], GaussianLikelihood) and model.likelihoods[name].scale == 0.1
+    assert isinstance(model.likelihoods["m2"], LaplaceLikelihood) and model.likelihoods["m2"].scale == 0.5
+    assert config.flat_hparams()["likelihood"] == "*=gaussian(0.1),m2=manifest(0.5)"
+    default = build_model(build_config({"model": {"latent_dim": 4}}), manifest)
+    assert all(isinstance(lik, LaplaceLikelihood) and lik.scale == 0.75 for lik in default.likelihoods.values())
+    assert build_config({}).flat_hparams()["likelihood"] == "manifest"
+
+
+def test_bad_likelihood_overrides_name_the_field():
+    from data_pipelines.modality import ModalitySpec
+
+    from mmplatform.training.model_factory import selected_specs
+
+    with pytest.raises(ConfigError, match=r"model.likelihoods.m0.kind.*unknown likelihood 'poisson'; registered: "):
+        build_config({"model": {"likelihoods": {"m0": {"kind": "poisson"}}}})
+    with pytest.raises(ConfigError, match=r"model.likelihoods.m0.scale"):
+        build_config({"model": {"likelihoods": {"m0": {"scale": 0}}}})
+    with pytest.raises(ConfigError, match=r"model.likelihoods: \['m9'\] not in the dataset"):
+        selected_specs(build_config({"model": {"likelihoods": {"m9": {"scale": 0.1}}}}), _manifest(_image("m0")))
+    text = ModalitySpec(name="text", kind="text", shape=(8,), dtype="int64", likelihood="categorical",
+                        vocabulary=tuple("abcdefgh"))
+    config = build_config({"model": {"likelihoods": {"*": {"scale": 0.1}}}})
+    with pytest.raises(ConfigError, match=r"model.likelihoods.\*: likelihood 'categorical' of modality 'text'"):
+        selected_specs(config, _manifest(_image("img"), text))

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from data_pipelines.manifest import Manifest
-from mmplatform.config import TrainConfig, check_against_dataset
+from data_pipelines.modality import ModalitySpec
+from mmplatform.config import ALL_MODALITIES, ConfigError, TrainConfig, check_against_dataset
+from models.likelihoods import build_likelihood
 from models.vae import MultimodalVAE
 
 
-def selected_specs(config: TrainConfig, manifest: Manifest):
+def selected_specs(config: TrainConfig, manifest: Manifest) -> tuple[list[ModalitySpec], dict[str, dict]]:
+    """The modalities to train, with ``model.likelihoods`` applied, and each one's likelihood options.
+
+    Called on the driver before any Ray resource is requested, so a likelihood that cannot be
+    built (a scale on a categorical text likelihood) fails there, naming the field.
+    """
     names = [spec.name for spec in manifest.modalities]
     check_against_dataset(config, names)
     wanted = config.data.modalities or names
-    return [spec for spec in manifest.modalities if spec.name in wanted]
+    choices = config.model.likelihoods
+    specs, options = [], {}
+    for spec in manifest.modalities:
+        if spec.name not in wanted:
+            continue
+        key = spec.name if spec.name in choices else ALL_MODALITIES
+        choice = choices.get(key)
+        if choice is not None:
+            if choice.kind is not None:
+                spec = dataclasses.replace(spec, likelihood=choice.kind)
+            if choice.scale is not None:
+                options[spec.name] = {"scale": choice.scale}
+            try:
+                build_likelihood(spec.likelihood, **options.get(spec.name, {}))
+            except TypeError as error:
+                raise ConfigError(
+                    f"model.likelihoods.{key}: likelihood {spec.likelihood!r} of modality {spec.name!r} "
+                    f"does not take these options ({error})"
+                ) from error
+        specs.append(spec)
+    return specs, options
 
 
 def build_model(config: TrainConfig, manifest: Manifest) -> MultimodalVAE:
+    specs, likelihood_options = selected_specs(config, manifest)
     return MultimodalVAE(
-        selected_specs(config, manifest),
+        specs,
         aggregator=config.model.aggregator,
         latent_dim=config.model.latent_dim,
         beta=config.model.beta,
         num_importance_samples=config.model.num_importance_samples,
         aggregator_options=config.model.aggregator_options,
+        likelihood_options=likelihood_options,
     )
