@@ -22,6 +22,7 @@ solid_laplace         solid       1           Laplace, scale .75  1
 solid_laplace_sharp   solid       1           Laplace, scale .1   1
 solid_gaussian        solid       1           Gaussian, scale .1  1
 gaussian_mopoe        procedural  3 (MoPoE)   Gaussian, scale .1  2
+solid_gaussian_mopoe  solid       3 (MoPoE)   Gaussian, scale .1  2
 ==================== =========== ============ ================== =====
 
 "solid" replaces the textures by one flat dark colour per modality, so the digit is all there
@@ -51,14 +52,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit, machine_facts  # noqa: E402
 
+from data_pipelines.backgrounds import write_solid_backgrounds  # noqa: E402
 from data_pipelines.polymnist import build_polymnist  # noqa: E402
 from data_pipelines.readers import EvalReader  # noqa: E402
 from models import MultimodalVAE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# One dark colour per modality: the generator inverts it where the digit is, so digits are bright.
-SOLID_COLOURS = ((20, 40, 120), (90, 10, 40), (10, 90, 20))
+NUM_MODALITIES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,7 @@ CASES: dict[str, Case] = {
     "solid_laplace_sharp": Case("solid", 1, "laplace", 0.1, 1.0),
     "solid_gaussian": Case("solid", 1, "gaussian", 0.1, 1.0),
     "gaussian_mopoe": Case("procedural", 3, "gaussian", 0.1, 2.0),
+    "solid_gaussian_mopoe": Case("solid", 3, "gaussian", 0.1, 2.0),
 }
 
 
@@ -103,15 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def dataset(kind: str, work_dir: Path) -> Path:
     """PolyMNIST-3 with the procedural textures, or with flat backgrounds written here."""
     root = work_dir / f"polymnist_{kind}"
-    backgrounds = None
-    if kind == "solid":
-        from PIL import Image
-
-        backgrounds = work_dir / "solid_backgrounds"
-        backgrounds.mkdir(parents=True, exist_ok=True)
-        for index, colour in enumerate(SOLID_COLOURS):
-            Image.fromarray(np.full((64, 64, 3), colour, np.uint8)).save(backgrounds / f"{index}.png")
-    build_polymnist(root, modalities=len(SOLID_COLOURS), seed=0, backgrounds=backgrounds, progress=False, log=print)
+    backgrounds = write_solid_backgrounds(work_dir / "solid_backgrounds", NUM_MODALITIES) if kind == "solid" else None
+    build_polymnist(root, modalities=NUM_MODALITIES, seed=0, backgrounds=backgrounds, progress=False, log=print)
     return root
 
 

@@ -136,3 +136,21 @@ def load_backgrounds(directory: str | Path, count: int) -> tuple[list[np.ndarray
 def _digest(image: np.ndarray) -> str:
     """Hash of the decoded pixels (and shape): what the generator actually uses."""
     return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
+
+
+# Dark, distinct colours: the generator inverts them where the digit is, so digits stay visible.
+_SOLID_COLOURS = ((20, 40, 120), (90, 10, 40), (10, 90, 20), (100, 60, 0), (40, 40, 40))
+
+
+def write_solid_backgrounds(directory: str | Path, count: int, size: int = 64) -> Path:
+    """``count`` flat single-colour PNGs in ``directory``, for ``build_polymnist(backgrounds=...)``.
+
+    PolyMNIST without its modality-specific nuisance: the digit is all a model can encode, which
+    is what learning-dynamics checks (benchmarks/latent_emergence.py) need as a control.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        colour = np.roll(np.array(_SOLID_COLOURS[index % len(_SOLID_COLOURS)]), index // len(_SOLID_COLOURS))
+        Image.fromarray(np.broadcast_to(colour.astype(np.uint8), (size, size, 3)).copy()).save(directory / f"{index}.png")
+    return directory

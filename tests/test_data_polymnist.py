@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import polymnist_generator
-from data_pipelines.backgrounds import BackgroundError, procedural_backgrounds
+from data_pipelines.backgrounds import BackgroundError, procedural_backgrounds, write_solid_backgrounds
 from data_pipelines.manifest import load_manifest
 from data_pipelines.mnist_source import MnistSourceError, load_mnist
 from data_pipelines.polymnist import build_polymnist, export_png_release
@@ -326,6 +326,21 @@ def test_background_folder(tmp_path):
     assert info["files"] == ["a.jpg", "b.png"]
     with pytest.raises(BackgroundError, match=r"2 background images .* 3 modalities need one each"):
         build_polymnist(tmp_path / "out3", backgrounds=folder, modalities=3, digits=10, **QUIET)
+
+
+
+def test_solid_backgrounds_leave_only_the_digit(tmp_path):
+    """Flat backgrounds: every pixel is the modality's colour or its inversion (the digit)."""
+    folder = write_solid_backgrounds(tmp_path / "solid", 3)
+    build_polymnist(tmp_path / "out", backgrounds=folder, modalities=3, digits=10, samples_per_shard=10, **QUIET)
+    colours = [np.asarray(Image.open(folder / f"{m}.png"))[0, 0] for m in range(3)]
+    assert len({tuple(c) for c in colours}) == 3
+    for sample in iterate_split(tmp_path / "out" / "train"):
+        for m in range(3):
+            pixels = {tuple(p) for p in sample.arrays[f"m{m}"].reshape(3, -1).T}
+            assert pixels <= {tuple(colours[m]), tuple(255 - colours[m])}, f"m{m}: {sorted(pixels)[:4]}"
+            assert len(pixels) == 2  # a digit is drawn on every image
+        break
 
 
 # ---------------------------------------------------------------- CLI
