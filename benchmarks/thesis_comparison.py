@@ -372,7 +372,7 @@ def thesis_claims(methods: dict) -> list[tuple[str, bool | None, str]]:
              < methods[m]["latent_accuracy"]["m0_m1_m2"]]
     claims.append(("Latent accuracy grows with more modalities (m0_m1_m2 > mean of unimodal), all methods",
                    None if not more else len(grows) == len(more),
-                   f"holds for {len(grows)}/{len(more)}: {', '.join(grows)}"))
+                   f"holds for {len(grows)}/{len(more)}: {', '.join(grows) or 'none'}"))
     cm = get("coherence", "missing")
     claims.append(("Coherence missing: mopgfm best", top(cm, {"mopgfm"}), show(cm)))
     claims.append(("Coherence missing: mopgfm, mogfm_amortized, iwmogfm are the best three",
