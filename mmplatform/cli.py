@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmplatform.user_errors import run_reporting_user_errors
+
     args = build_parser().parse_args(argv)
     # Every leaf parser sets `run` with set_defaults(run=...); it returns an exit status.
-    return int(args.run(args) or 0)
+    return run_reporting_user_errors("mmplatform", lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    # `python -m mmplatform.cli` runs this file as `__main__`, a second copy of this module
+    # whose registry the command modules never see: run the real module's main instead.
+    from mmplatform.cli import main as _main
+
+    raise SystemExit(_main())
