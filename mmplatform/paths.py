@@ -23,6 +23,9 @@ RESULTS_DIR_ENV = "MMPLATFORM_RESULTS_DIR"
 AIM_REPO_ENV = "MMPLATFORM_AIM_REPO"
 """A local Aim repo path, or ``aim://host:53800`` for the cluster's Aim server."""
 
+CLASSIFIERS_SUBDIR = "classifiers"
+"""A dataset's coherence classifiers live in ``<dataset dir>/classifiers`` unless configured."""
+
 DEFAULT_DATA_ROOT = Path.home() / ".cache" / "mmplatform"
 
 

@@ -31,7 +31,7 @@ def polymnist_classifiers(ray_cluster, polymnist_shards, tmp_path_factory) -> Pa
     out = tmp_path_factory.mktemp("classifiers") / "polymnist"
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "mmplatform"), "classifiers", "train", "--data", str(polymnist_shards),
-         "--out", str(out), "--epochs", "1", "--batch-size", "16"],
+         "--out", str(out), "--max-epochs", "1", "--min-accuracy", "0", "--batch-size", "16"],
         env={**os.environ, **ray_cluster.client_env()}, capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -168,7 +168,7 @@ def test_classifiers_below_the_bar_or_unmeasured_are_refused(polymnist_shards, t
 
     manifest = load_manifest(polymnist_shards / "train")
     weak = {"m0": 0.95, "m1": 0.5, "m2": 0.97}
-    save_classifiers(_classifier_bank(manifest), manifest, weak, ClassifierSettings(), tmp_path / "weak")
+    save_classifiers(_classifier_bank(manifest), manifest, weak, ClassifierSettings(), tmp_path / "weak", epochs_trained=1)
     config = tiny_config(tmp_path, polymnist_shards, tmp_path / "weak", "unused",
                          evaluation={"min_classifier_accuracy": 0.9})
     with pytest.raises(ClassifierError, match=r"min_classifier_accuracy=0.9: m1=0.500"):

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from mmplatform.cli import register_command
-
-DEFAULT_SUBDIR = "classifiers"
+from mmplatform.paths import CLASSIFIERS_SUBDIR
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -16,27 +15,55 @@ def _train(args: argparse.Namespace) -> int:
     from mmplatform.ray_runtime import ensure_ray
 
     data = Path(args.data)
-    out = Path(args.out) if args.out else data / DEFAULT_SUBDIR
+    out = Path(args.out) if args.out else data / CLASSIFIERS_SUBDIR
     ensure_ray()
     settings = ClassifierSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        seed=args.seed, num_workers=args.num_workers,
+        max_epochs=args.max_epochs, min_accuracy=args.min_accuracy, min_epochs=args.min_epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, num_workers=args.num_workers,
     )
-    accuracy = train_classifiers(data, out, settings)
+    accuracy = train_classifiers(data, out, settings)  # a ClassifierError is reported as one line by the CLI
     print(json.dumps({"classifiers": str(out), "test_accuracy": accuracy}, indent=2))
     return 0
 
 
+def _accuracy(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 @register_command("classifiers")
 def add(nouns: argparse._SubParsersAction) -> None:
+    from mmplatform.coherence_classifiers import DEFAULT_MAX_EPOCHS
+    from mmplatform.config import EvaluationConfig
+
+    gate = EvaluationConfig.model_fields["min_classifier_accuracy"].default
     parser = nouns.add_parser("classifiers", help="coherence classifiers")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    train = verbs.add_parser("train", help="train one classifier per modality and store its test accuracy")
+    train = verbs.add_parser(
+        "train", help="train one classifier per modality until each passes the accuracy gate",
+        description="Train one coherence classifier per modality on Ray Train, measuring test accuracy after "
+                    "every epoch, until every modality reaches --min-accuracy (or --max-epochs is hit, which "
+                    "fails naming the weak modality). The classifiers are stored with their accuracy.",
+    )
     train.add_argument("--data", required=True, help="dataset dir holding train/ and test/ shards")
-    train.add_argument("--out", help=f"where to store them (default: DATA/{DEFAULT_SUBDIR})")
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--out", help=f"where to store them (default: DATA/{CLASSIFIERS_SUBDIR})")
+    train.add_argument("--min-accuracy", type=_accuracy, default=gate,
+                       help=f"test accuracy every modality must reach (default {gate}, "
+                            "evaluation.min_classifier_accuracy's default)")
+    train.add_argument("--max-epochs", type=_positive_int, default=DEFAULT_MAX_EPOCHS,
+                       help=f"cap on the epochs (default {DEFAULT_MAX_EPOCHS})")
+    train.add_argument("--min-epochs", type=_positive_int, default=1, help="epochs before the gate may stop (default 1)")
+    train.add_argument("--batch-size", type=_positive_int, default=128)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
+    train.add_argument("--num-workers", type=_positive_int, default=1, help="Ray Train workers")
     train.set_defaults(run=_train)
