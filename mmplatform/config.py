@@ -68,6 +68,14 @@ class LikelihoodChoice(_Section):
 ALL_MODALITIES = "*"
 
 
+def per_modality(choices: Mapping[str, Any], modality: str) -> tuple[str, Any] | None:
+    """``(key, choice)`` that applies to ``modality``: its own entry, else the ``"*"`` entry, else None."""
+    for key in (modality, ALL_MODALITIES):
+        if key in choices:
+            return key, choices[key]
+    return None
+
+
 class ModelConfig(_Section):
     aggregator: str = "mopoe"
     latent_dim: int = Field(512, ge=1)
@@ -80,6 +88,21 @@ class ModelConfig(_Section):
     """Per modality, a likelihood replacing the manifest's (Laplace, scale 0.75 for images), e.g.
     ``{"m0": {"kind": "gaussian", "scale": 0.1}}``. The key ``"*"`` applies to every modality
     without an entry of its own; an entry of its own replaces ``"*"`` as a whole."""
+
+    networks: dict[str, str] = Field(default_factory=dict)
+    """Per modality, a registered encoder/decoder pair (``models.networks``) replacing the automatic
+    choice (the papers' networks), e.g. ``{"*": "polymnist_conv_heads"}``; ``"*"`` as for
+    ``likelihoods``."""
+
+    @field_validator("networks")
+    @classmethod
+    def _known_networks(cls, choices: dict[str, str]) -> dict[str, str]:
+        from models.networks import NETWORKS
+
+        unknown = sorted({name for name in choices.values() if name not in NETWORKS})
+        if unknown:
+            raise ValueError(f"unknown networks {unknown}; registered: {', '.join(sorted(NETWORKS))}")
+        return choices
 
     @field_validator("aggregator")
     @classmethod
@@ -154,6 +177,10 @@ class ScalingSection(_Section):
 
 class TrackingConfig(_Section):
     experiment: str = "mmplatform"
+    """Aim experiment; a sweep sets its own name, so the UI groups a sweep's trials."""
+    run_name: str | None = None
+    """The run's name in the Aim UI; default: the training's ``name`` (a sweep sets
+    ``<sweep>/<trial id> <aggregator>``)."""
     repo: str | None = None
     """Aim repo path or ``aim://host:port``; default ``$MMPLATFORM_AIM_REPO``."""
     fallback_dir: Path | None = None
@@ -193,7 +220,7 @@ class TrainConfig(_Section):
             "storage_path": self.resolved_storage_path(),
             "data": self.data.model_copy(update={"path": self.data.root()}),
             "evaluation": self.evaluation.model_copy(update={"classifiers_dir": self.evaluation.classifiers_dir
-                                                             or self.data.root() / "classifiers"}),
+                                                             or self.data.root() / paths.CLASSIFIERS_SUBDIR}),
             "tracking": self.tracking.model_copy(update={"repo": self.tracking.resolved_repo(),
                                                          "fallback_dir": self.tracking.resolved_fallback_dir()}),
         })
@@ -218,6 +245,8 @@ class TrainConfig(_Section):
                 f"{key}={choice.kind or 'manifest'}" + (f"({choice.scale:g})" if choice.scale is not None else "")
                 for key, choice in sorted(self.model.likelihoods.items())
             ) or "manifest",
+            # e.g. "*=polymnist_conv_heads"; "default" when every modality keeps the papers' networks
+            "networks": ",".join(f"{key}={name}" for key, name in sorted(self.model.networks.items())) or "default",
             "num_workers": self.scaling.num_workers,
             "run_name": self.name,
         }
@@ -300,12 +329,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def check_against_dataset(config: TrainConfig, modality_names: Sequence[str]) -> None:
     """The configured modalities (and likelihood overrides) must exist in the dataset's manifest."""
-    unknown = [name for name in config.model.likelihoods if name not in (*modality_names, ALL_MODALITIES)]
-    if unknown:
-        raise ConfigError(
-            f"model.likelihoods: {unknown} not in the dataset at {config.data.root()}; "
-            f"available: {list(modality_names)} or {ALL_MODALITIES!r} for all"
-        )
+    for field_name in ("likelihoods", "networks"):
+        unknown = [name for name in getattr(config.model, field_name) if name not in (*modality_names, ALL_MODALITIES)]
+        if unknown:
+            raise ConfigError(
+                f"model.{field_name}: {unknown} not in the dataset at {config.data.root()}; "
+                f"available: {list(modality_names)} or {ALL_MODALITIES!r} for all"
+            )
     if config.data.modalities is None:
         return
     unknown = [name for name in config.data.modalities if name not in modality_names]

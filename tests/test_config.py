@@ -136,3 +136,39 @@ def test_bad_likelihood_overrides_name_the_field():
     config = build_config({"model": {"likelihoods": {"*": {"scale": 0.1}}}})
     with pytest.raises(ConfigError, match=r"model.likelihoods.\*: likelihood 'categorical' of modality 'text'"):
         selected_specs(config, _manifest(_image("img"), text))
+
+
+def test_network_choices_reach_the_model_and_the_hparams():
+    """``model.networks``: a registered option replaces the papers' nets only where asked."""
+    from models.networks.polymnist import PolyMNISTConvHeadsEncoder, PolyMNISTEncoder
+
+    from mmplatform.training.model_factory import build_model
+
+    manifest = _manifest(_image("m0"), _image("m1"))
+    config = build_config({"model": {"latent_dim": 4, "networks": {"m1": "polymnist_conv_heads"}}})
+    model = build_model(config, manifest)
+    assert type(model.encoders["m0"]) is PolyMNISTEncoder
+    assert type(model.encoders["m1"]) is PolyMNISTConvHeadsEncoder
+    assert config.flat_hparams()["networks"] == "m1=polymnist_conv_heads"
+    everywhere = build_model(build_config({"model": {"latent_dim": 4, "networks": {"*": "polymnist_conv_heads"}}}),
+                             manifest)
+    assert all(type(encoder) is PolyMNISTConvHeadsEncoder for encoder in everywhere.encoders.values())
+    assert build_config({}).flat_hparams()["networks"] == "default"
+
+
+def test_bad_network_choices_name_the_field():
+    from data_pipelines.modality import ModalitySpec
+
+    from mmplatform.training.model_factory import selected_networks
+
+    with pytest.raises(ConfigError, match=r"model.networks: unknown networks \['resnet'\]; registered: "):
+        build_config({"model": {"networks": {"*": "resnet"}}})
+    text = ModalitySpec(name="text", kind="text", shape=(8,), dtype="int64", likelihood="categorical",
+                        vocabulary=tuple("abcdefgh"))
+    config = build_config({"model": {"networks": {"*": "polymnist_conv_heads"}}})
+    with pytest.raises(ConfigError, match=r"model.networks.\*: networks 'polymnist_conv_heads' do not fit modality 'text'"):
+        selected_networks(config, [_image("img"), text])
+    with pytest.raises(ConfigError, match=r"model.networks: \['m9'\] not in the dataset"):
+        from mmplatform.training.model_factory import selected_specs
+
+        selected_specs(build_config({"model": {"networks": {"m9": "polymnist_conv"}}}), _manifest(_image("m0")))

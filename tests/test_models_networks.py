@@ -77,3 +77,23 @@ def test_likelihoods_agree_with_torch_distributions():
     assert torch.equal(categorical.mean(logits), logits.argmax(-1))
     assert laplace.mean(params).min() >= 0 and laplace.mean(params).max() <= 1
     assert math.isclose(float(build_likelihood("bernoulli").mean(torch.zeros(1))), 0.5)
+
+
+def test_conv_heads_encoder_is_an_option_with_the_same_features():
+    """``polymnist_conv_heads`` is never picked automatically, and differs from the papers' encoder
+    only in its heads: 4x4 convolutions on the 128x4x4 features instead of Linear-ReLU-Linear."""
+    from models.networks.polymnist import PolyMNISTConvHeadsEncoder
+
+    assert select_networks(POLY).name == "polymnist_conv"
+    encoder, decoder = build_networks(POLY, 16, "polymnist_conv_heads")
+    assert isinstance(encoder, PolyMNISTConvHeadsEncoder) and isinstance(decoder, PolyMNISTDecoder)
+    papers = PolyMNISTEncoder(16)
+    encoder.features.load_state_dict(papers.features[:6].state_dict())  # same convolutions, same names
+    x = torch.rand(5, 3, 28, 28)
+    mu, logvar = encoder(x)
+    assert mu.shape == logvar.shape == (5, 16)
+    # The heads are one linear map of the flattened features: check against an independent matmul.
+    features = papers.features[:6](x).flatten(1)
+    weight = encoder.heads.weight.flatten(1)  # [2D, 128*4*4], same (C, H, W) order as Flatten
+    expected = features @ weight.T + encoder.heads.bias
+    torch.testing.assert_close(torch.cat([mu, logvar], dim=-1), expected, rtol=1e-5, atol=1e-5)

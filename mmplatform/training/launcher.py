@@ -10,14 +10,15 @@ from data_pipelines.manifest import load_manifest
 from mmplatform.config import TrainConfig, check_against_cluster
 from mmplatform.evaluation.session import check_classifiers
 from mmplatform.ray_runtime import ensure_ray
-from mmplatform.training.model_factory import selected_specs
+from mmplatform.training.model_factory import selected_networks, selected_specs
 from mmplatform.training.worker import train_loop_per_worker
 
 
 def preflight(config: TrainConfig) -> None:
     """Every check that needs no Ray resource: dataset, modalities, classifiers."""
     manifest = load_manifest(config.data.root() / "train")
-    selected_specs(config, manifest)
+    specs, _ = selected_specs(config, manifest)
+    selected_networks(config, specs)
     load_manifest(config.data.root() / "test")
     if "coherence" in config.evaluation.metrics or "prd" in config.evaluation.metrics:
         check_classifiers(config)

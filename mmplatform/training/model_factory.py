@@ -6,7 +6,7 @@ import dataclasses
 
 from data_pipelines.manifest import Manifest
 from data_pipelines.modality import ModalitySpec
-from mmplatform.config import ALL_MODALITIES, ConfigError, TrainConfig, check_against_dataset
+from mmplatform.config import ConfigError, TrainConfig, check_against_dataset, per_modality
 from models.likelihoods import build_likelihood
 from models.vae import MultimodalVAE
 
@@ -25,9 +25,9 @@ def selected_specs(config: TrainConfig, manifest: Manifest) -> tuple[list[Modali
     for spec in manifest.modalities:
         if spec.name not in wanted:
             continue
-        key = spec.name if spec.name in choices else ALL_MODALITIES
-        choice = choices.get(key)
-        if choice is not None:
+        chosen = per_modality(choices, spec.name)
+        if chosen is not None:
+            key, choice = chosen
             if choice.kind is not None:
                 spec = dataclasses.replace(spec, likelihood=choice.kind)
             if choice.scale is not None:
@@ -43,10 +43,30 @@ def selected_specs(config: TrainConfig, manifest: Manifest) -> tuple[list[Modali
     return specs, options
 
 
+def selected_networks(config: TrainConfig, specs: list[ModalitySpec]) -> dict[str, str]:
+    """Per modality, the network entry ``model.networks`` names, checked to fit the modality."""
+    from models.networks import NETWORKS
+
+    networks = {}
+    for spec in specs:
+        chosen = per_modality(config.model.networks, spec.name)
+        if chosen is None:
+            continue
+        key, name = chosen
+        if not NETWORKS[name].matches(spec):
+            raise ConfigError(
+                f"model.networks.{key}: networks {name!r} do not fit modality {spec.name!r} "
+                f"({spec.kind}, shape {list(spec.shape)})"
+            )
+        networks[spec.name] = name
+    return networks
+
+
 def build_model(config: TrainConfig, manifest: Manifest) -> MultimodalVAE:
     specs, likelihood_options = selected_specs(config, manifest)
     return MultimodalVAE(
         specs,
+        networks=selected_networks(config, specs),
         aggregator=config.model.aggregator,
         latent_dim=config.model.latent_dim,
         beta=config.model.beta,
