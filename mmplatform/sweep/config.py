@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmplatform.config import ConfigError, TrainConfig, build_config, merge, nest
+from mmplatform.config import ConfigError, ModelConfig, TrainConfig, build_config, merge, nest
 from mmplatform.sweep.search_space import ParamSpec
 
 
@@ -43,10 +43,13 @@ class SweepConfig(_Section):
     def trial_config(self, sampled: dict[str, Any], trial_id: str) -> TrainConfig:
         """The TrainConfig of one trial: template + sampled values + sweep bookkeeping."""
         tree = merge(self.base, nest(sampled))
+        aggregator = tree.get("model", {}).get("aggregator") or ModelConfig.model_fields["aggregator"].default
         tree = merge(tree, {
             "name": f"{self.name}-{trial_id}",
             "training": {"epochs": self.scheduler.max_epochs},
-            "tracking": {"tags": {"sweep": self.name, "trial_id": trial_id}},
+            # What a person reads in the Aim UI: the sweep as experiment, runs named by trial and method.
+            "tracking": {"experiment": self.name, "run_name": f"{self.name}/{trial_id} {aggregator}",
+                         "tags": {"sweep": self.name, "trial_id": trial_id}},
         })
         return build_config(tree)
 

@@ -58,6 +58,8 @@ class RunRecord:
     run_hash: str
     experiment: str | None
     hparams: dict[str, Any]
+    name: str | None
+    """What the Aim UI shows for the run (``<sweep>/<trial id> <aggregator>`` for a sweep's trials)."""
     summary: dict[str, Any] | None
     params: dict[str, Any] = field(default_factory=dict)
     """Every run-level value (``run[...]``), hparams and summary included."""
@@ -92,6 +94,7 @@ def query_runs(repo: str | Path, query: str = "") -> list[RunRecord]:
                 run_hash=run.hash,
                 experiment=run.experiment,
                 hparams=params.get("hparams") or {},
+                name=run.name,
                 summary=params.get("summary"),
                 params=params,
             )

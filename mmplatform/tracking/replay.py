@@ -47,6 +47,7 @@ def replay_fallback(
             contents.header["experiment"],
             run_hash=contents.replayed.get(target_repo, contents.run_hash),
             hparams=contents.header["hparams"],
+            run_name=contents.header.get("run_name"),  # journals written before names have none
             timeout_s=timeout_s,
             strict=True,
         )

@@ -116,6 +116,8 @@ class Tracker:
     Args:
         repo: a local repo path (created if missing) or ``aim://host:port``.
         experiment: Aim experiment name (the sweep or study).
+        run_name: the run's name in the Aim UI (e.g. ``<sweep>/<trial id> <aggregator>``);
+            ``None`` leaves Aim's default (the hash).
         run_hash: the hash of a run to re-attach to (from the checkpoint), or None.
         hparams: flat ``{name: scalar}``; see :func:`flatten_hparams`. Stored as
             ``run["hparams"]`` and queryable as ``run.hparams.<name>``.
@@ -136,12 +138,14 @@ class Tracker:
         hparams: Mapping[str, Any] | None = None,
         fallback_dir: str | Path | None = None,
         *,
+        run_name: str | None = None,
         timeout_s: float = 30.0,
         probe_timeout_s: float = 3.0,
         strict: bool = False,
     ):
         self.repo = normalize_repo(repo)
         self.experiment = experiment
+        self.run_name = run_name
         self.hparams = _check_hparams(hparams)
         self.remote = is_remote(self.repo)
         self.timeout_s = timeout_s
@@ -197,7 +201,8 @@ class Tracker:
             self._run_hash = run_hash or generate_run_hash()
         if not self.strict:
             self._journal = Journal(self.fallback_dir, self._run_hash)
-            self._journal.open({"repo": self.repo, "experiment": self.experiment, "hparams": self.hparams})
+            self._journal.open({"repo": self.repo, "experiment": self.experiment, "hparams": self.hparams,
+                                "run_name": self.run_name})
         if reason is not None:
             self._give_up(f"at open: {reason}")
         if previous is not None:
@@ -244,6 +249,8 @@ class Tracker:
         else:
             recorded = _recorded_steps(run)
         run["hparams"] = self.hparams
+        if self.run_name:
+            run.name = self.run_name
         return run, recorded
 
     def _recover(self, previous: JournalContents) -> None:
