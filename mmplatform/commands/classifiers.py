@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mmplatform.cli import register_command
+from mmplatform.commands.arguments import fraction, positive_int
 from mmplatform.paths import CLASSIFIERS_SUBDIR
 
 
@@ -26,20 +27,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accuracy(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 @register_command("classifiers")
 def add(nouns: argparse._SubParsersAction) -> None:
     from mmplatform.coherence_classifiers import DEFAULT_MAX_EPOCHS
@@ -56,14 +43,14 @@ def add(nouns: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--data", required=True, help="dataset dir holding train/ and test/ shards")
     train.add_argument("--out", help=f"where to store them (default: DATA/{CLASSIFIERS_SUBDIR})")
-    train.add_argument("--min-accuracy", type=_accuracy, default=gate,
+    train.add_argument("--min-accuracy", type=fraction, default=gate,
                        help=f"test accuracy every modality must reach (default {gate}, "
                             "evaluation.min_classifier_accuracy's default)")
-    train.add_argument("--max-epochs", type=_positive_int, default=DEFAULT_MAX_EPOCHS,
+    train.add_argument("--max-epochs", type=positive_int, default=DEFAULT_MAX_EPOCHS,
                        help=f"cap on the epochs (default {DEFAULT_MAX_EPOCHS})")
-    train.add_argument("--min-epochs", type=_positive_int, default=1, help="epochs before the gate may stop (default 1)")
-    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--min-epochs", type=positive_int, default=1, help="epochs before the gate may stop (default 1)")
+    train.add_argument("--batch-size", type=positive_int, default=128)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num-workers", type=_positive_int, default=1, help="Ray Train workers")
+    train.add_argument("--num-workers", type=positive_int, default=1, help="Ray Train workers")
     train.set_defaults(run=_train)

@@ -12,21 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmplatform.cli import register_command
+from mmplatform.commands.arguments import non_negative_int, positive_int
 from mmplatform.paths import data_root, dataset_dir
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
 
 
 def _add_polymnist(datasets: argparse._SubParsersAction) -> None:
@@ -45,10 +32,10 @@ def _add_polymnist(datasets: argparse._SubParsersAction) -> None:
                              f"i.e. {dataset_dir('polymnist')})")
     parser.add_argument("--official", type=Path, default=None,
                         help="the released PolyMNIST.zip or its unpacked folder ({train,test}/m<k>/<i>.<digit>.png)")
-    parser.add_argument("--modalities", type=_positive_int, default=None,
+    parser.add_argument("--modalities", type=positive_int, default=None,
                         help="number of modalities m0..m(M-1) (default: 5 generated, all folders of a release)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="generator seed (default 0)")
-    parser.add_argument("--digits", type=_positive_int, default=None,
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="generator seed (default 0)")
+    parser.add_argument("--digits", type=positive_int, default=None,
                         help="cap on MNIST digits (= tuples) per split")
     parser.add_argument("--backgrounds", type=Path, default=None,
                         help="folder of background images (sorted *.jpg/*.png, one per modality)")
@@ -57,7 +44,7 @@ def _add_polymnist(datasets: argparse._SubParsersAction) -> None:
     parser.add_argument("--download-mnist", action="store_true",
                         help="download full MNIST with torchvision into --mnist "
                              f"(default {data_root() / 'mnist'}); needs network")
-    parser.add_argument("--samples-per-shard", type=_positive_int, default=DEFAULT_SAMPLES_PER_SHARD,
+    parser.add_argument("--samples-per-shard", type=positive_int, default=DEFAULT_SAMPLES_PER_SHARD,
                         help=f"maximum samples per shard; shards are equal-sized (default {DEFAULT_SAMPLES_PER_SHARD})")
     parser.add_argument("--force", action="store_true", help="rebuild even if an identical build exists")
     parser.set_defaults(run=_run_polymnist)
