@@ -72,6 +72,7 @@ def open_tracker(config: TrainConfig, run_hash: str | None) -> TrainingTracker:
     tracker = Tracker(
         repo=config.tracking.resolved_repo(),
         experiment=config.tracking.experiment,
+        run_name=config.tracking.run_name or config.name,
         run_hash=run_hash,
         hparams=config.flat_hparams(),
         fallback_dir=config.tracking.resolved_fallback_dir(),
