@@ -1,19 +1,25 @@
-"""What every benchmark reports alongside its numbers, and how it reports them."""
+"""What every benchmark reports alongside its numbers, and how it reports them.
+
+Every benchmark takes ``--smoke`` (its smallest meaningful size, the same code path and the
+same comparison against its baseline; what ``tests/test_benchmarks.py`` runs) and ``--out
+PATH`` (the JSON file it writes). A smoke run writes nothing unless ``--out`` is given.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Sequence
 
 
 def machine_facts() -> dict[str, Any]:
     """The context a reader needs to compare numbers across machines and runs."""
+    import torch
+
     return {
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "load_average": [round(value, 2) for value in os.getloadavg()],
@@ -23,8 +29,25 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def emit(result: dict[str, Any], out: str | Path) -> None:
-    """Print the result as one JSON object and write it (indented) to ``out``."""
-    print(json.dumps(result))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+def parse_with_smoke(
+    parser: argparse.ArgumentParser, smoke: dict[str, Any], argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse with a ``--smoke`` flag whose settings replace the defaults (flags given
+    explicitly still win). In smoke mode ``--out`` defaults to nothing: print only."""
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="smallest meaningful run (tests): " + ", ".join(f"{k}={v}" for k, v in smoke.items())
+             + "; writes no file unless --out is given",
+    )
+    known, _ = parser.parse_known_args(argv)
+    if known.smoke:
+        parser.set_defaults(**{"out": None, **smoke})
+    return parser.parse_args(argv)
+
+
+def emit(result: dict[str, Any], out: str | Path | None) -> None:
+    """Print the result as one JSON object (one line) and write it (indented) to ``out``."""
+    print(json.dumps(result, default=str), flush=True)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")

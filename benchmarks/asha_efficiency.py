@@ -29,7 +29,18 @@ the benchmark fails if they differ.
     .venv/bin/python benchmarks/asha_efficiency.py                  # 9 trials, about 15 min on 2 cores
     .venv/bin/python benchmarks/asha_efficiency.py --num-samples 12 --max-epochs 9
 
-Prints one JSON object and writes it to ``benchmarks/results/asha_efficiency.json``.
+Prints one JSON object and writes it to ``--out`` (default
+``benchmarks/results/asha_efficiency.json``). Data, trial results and the Aim repo go to a
+temporary folder, removed afterwards, unless ``--data-root``. Ray: the cluster in
+``RAY_ADDRESS`` if set (the driver only disconnects at the end), else an embedded local one,
+shut down at the end.
+
+``--smoke``: 2 trials per search, both at once (the default limit), 3 epochs (rungs at 1, stop
+at 3) of 1 step, 100 digits, 40 replays per replay setting; ASHA stops the second trial at epoch
+1 if it is worse there than the first. The same two searches, the same checks (same trials,
+ASHA's curves prefixes of random search's) and ratios. Trial start-up (a trial driver, a Train
+controller and a worker process each) is most of a trial's time here, hence 2 trials. Writes
+no file unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import os
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray at import: loopback only
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -48,6 +60,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit, parse_with_smoke  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "asha_efficiency.json"
 SEARCH_SEED = 20260
 TARGET_GAP, TARGET_RATIO = 0.02, 1.0 / 3.0
@@ -63,7 +78,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps-per-epoch", type=int, default=4)
     parser.add_argument("--search-seed", type=int, default=SEARCH_SEED)
     parser.add_argument("--data-root", help="default: a fresh temporary folder, removed afterwards")
-    return parser.parse_args()
+    parser.add_argument("--digits", type=int, default=1000, help="tuples per split of the offline PolyMNIST-3")
+    parser.add_argument("--replay-samples", type=int, default=2000,
+                        help="random orders replayed (a quarter of it for the resampled 27 and 81 trials)")
+    parser.add_argument("--out", default=str(RESULTS), help="the JSON file written")
+    return parse_with_smoke(parser, {"num_samples": 2, "max_epochs": 3, "steps_per_epoch": 1, "digits": 100,
+                                     "replay_samples": 40})
 
 
 def theoretical_asha_epochs(n: int, max_t: int, grace: int, rf: float) -> dict:
@@ -125,7 +145,8 @@ def bench_plan(study, args: argparse.Namespace):
     from mmplatform.sweep.profiles import DatasetPlan, SweepPlan, _template
     from mmplatform.sweep.search_space import Choice
 
-    dataset = DatasetPlan(name="polymnist3-bench", digits=1000, build_if_missing=True, num_modalities=3)
+    dataset = DatasetPlan(name=f"polymnist3-bench-{args.digits}", digits=args.digits, build_if_missing=True,
+                          num_modalities=3)
     return SweepPlan(
         profile="bench",
         dataset=dataset,
@@ -207,7 +228,7 @@ def replay_asha(curves: list[list[float]], max_t: int, grace: int, rf: float, co
     return {"trial_epochs": sum(reached), "best": best}
 
 
-def replay_study(trials: list[dict], args: argparse.Namespace, samples: int = 2000) -> dict:
+def replay_study(trials: list[dict], args: argparse.Namespace, samples: int) -> dict:
     """ASHA's expected savings on random search's own curves: this order, random orders, more trials."""
     import numpy as np
 
@@ -307,15 +328,16 @@ def run_search(study, plan, kind: str, name: str, seed: int, resources: dict) ->
 
 def main() -> dict:
     args = parse_args()
-    if args.data_root:
-        return benchmark(args, Path(args.data_root))
-    with tempfile.TemporaryDirectory(prefix="asha-bench-") as scratch:
+    with contextlib.ExitStack() as stack:
+        root = args.data_root or stack.enter_context(tempfile.TemporaryDirectory(prefix="asha-bench-"))
         try:
-            return benchmark(args, Path(scratch))
+            return benchmark(args, Path(root))
         finally:
             import ray
 
-            ray.shutdown()  # the embedded Ray this process started, before its folder goes
+            # The embedded Ray this process started (before its folder goes), or only this
+            # driver's connection to the cluster in RAY_ADDRESS.
+            ray.shutdown()
 
 
 def benchmark(args: argparse.Namespace, root: Path) -> dict:
@@ -356,6 +378,8 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict:
     gap = (fifo["best"] - asha["best"]) / abs(fifo["best"])  # > 0: ASHA's best is worse
     ratio = asha["trial_epochs"] / fifo["trial_epochs"]
     result = {
+        "benchmark": "asha_efficiency",
+        "smoke": args.smoke,
         "asha_trial_epochs": asha["trial_epochs"],
         "random_trial_epochs": fifo["trial_epochs"],
         "asha_best": asha["best"],
@@ -369,7 +393,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict:
                      "are at chance at this training scale",
         "same_trials": same_trials,
         "asha_curves_vs_random_max_relative_deviation": deviation,
-        "replay_on_random_curves": replay_study(fifo["curves"], args),
+        "replay_on_random_curves": replay_study(fifo["curves"], args, args.replay_samples),
         "theoretical_sync_sha": theoretical_asha_epochs(args.num_samples, args.max_epochs,
                                                         args.grace_period, args.reduction_factor),
         "settings": {
@@ -377,7 +401,8 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict:
             "num_samples": args.num_samples, "max_epochs": args.max_epochs, "grace_period": args.grace_period,
             "reduction_factor": args.reduction_factor, "max_concurrent_trials": args.max_concurrent_trials,
             "search_seed": args.search_seed, "steps_per_epoch": args.steps_per_epoch, "batch_size": 32,
-            "latent_dim": 16, "dataset": "offline PolyMNIST-3 (1,000 digits)", "eval_sample_limit": 128,
+            "latent_dim": 16, "dataset": f"offline PolyMNIST-3 ({args.digits:,} digits)", "eval_sample_limit": 128,
+            "replay_samples": args.replay_samples,
         },
         "asha_epochs_per_trial": {t["trial_id"]: t["epoch"] for t in asha["trials"]},
         "random_epochs_per_trial": {t["trial_id"]: t["epoch"] for t in fifo["trials"]},
@@ -391,9 +416,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_avg_1m_end": os.getloadavg()[0]},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps(result, indent=2, default=str))
+    emit(result, args.out)
     if not same_trials:
         raise SystemExit("the two searches did not sample the same trials: the comparison is not valid")
     return result

@@ -15,7 +15,12 @@ is instant): a streaming reader's memory should not grow with the dataset.
     python benchmarks/data_reader.py                 # default size, ~1-2 min on 2 cores
     python benchmarks/data_reader.py --digits 1000 --steps 20   # quicker
 
-Prints one JSON object and writes it to benchmarks/results/data_reader.json.
+Prints one JSON object and writes it to ``--out`` (default benchmarks/results/data_reader.json);
+the data is built in a temporary folder (under ``--work-dir`` if given) and removed afterwards.
+
+``--smoke``: 200 digits per split, batch 16, one DataLoader worker, 1 warm-up and 4 timed
+batches per configuration (the 10x run included); the same readers, the same comparison.
+Writes no file unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit, parse_with_smoke  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data_reader.json"
 
@@ -159,9 +167,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches first")
     parser.add_argument("--scale", type=int, default=10, help="size factor of the memory-flatness run")
     parser.add_argument("--work-dir", type=Path, default=None, help="where data is built (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file written")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, {"digits": 200, "batch_size": 16, "workers": 1, "steps": 4, "warmup": 1}, argv)
 
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)))
@@ -184,6 +193,8 @@ def main(argv=None) -> int:
         shard_scaled = _measure("shards", scaled, args)
 
     result = {
+        "benchmark": "data_reader",
+        "smoke": args.smoke,
         "shard_samples_per_s": round(shard["samples_per_s"], 1),
         "png_samples_per_s": round(png["samples_per_s"], 1),
         "speedup": round(shard["samples_per_s"] / png["samples_per_s"], 2),
@@ -205,9 +216,7 @@ def main(argv=None) -> int:
         "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(), "prepare_s": round(prepared, 1)},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    emit(result, args.out)
     return 0
 
 

@@ -34,8 +34,14 @@ scikit-learn is not in it, which is why the decoder-side efficiency is reported 
     .venv/bin/python benchmarks/evaluation.py                     # 10,000 tuples + a 1,000 sample
     .venv/bin/python benchmarks/evaluation.py --samples 1000      # quicker
 
-Prints one JSON object and writes it to ``benchmarks/results/evaluation.json``. The machine
-may be shared: timings of a loaded machine are slower, never faster, so they are upper bounds.
+Prints one JSON object and writes it to ``--out`` (default ``benchmarks/results/evaluation.json``).
+The machine may be shared: timings of a loaded machine are slower, never faster, so they are
+upper bounds. The shards go to a temporary folder, removed afterwards, unless ``--data-dir``.
+
+``--smoke``: 100 digits per split, a full pass over 50 test tuples and a sampled one over 20,
+FLOPs counted at 10 and 20, 50 PRD and 50 random-coherence samples, one k-means run, batch 25,
+a 512x512 matmul ceiling, one thread; the same evaluator, timers and ceiling fractions. Writes no file
+unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit, machine_facts  # noqa: E402
+from _report import emit, machine_facts, parse_with_smoke  # noqa: E402
 
 from benchmarks.train_step import matmul_gflops  # noqa: E402
 from data_pipelines.polymnist import build_polymnist  # noqa: E402
@@ -134,10 +140,10 @@ PARTS = {
 }
 
 
-def matmul_flops() -> float:
+def matmul_flops(size: int = 2048) -> float:
     """FLOP per wall second of fp32 matmul with this thread count (train_step's helper; it has
     returned a bare GFLOP/s and a (wall, CPU) pair, so accept either)."""
-    value = matmul_gflops()
+    value = matmul_gflops(size)
     return (value[0] if isinstance(value, tuple) else value) * 1e9
 
 
@@ -209,16 +215,19 @@ def build(latent_dim: int, channels_last: bool, seed: int = 0):
     return model, classifiers
 
 
-def options(prd_samples: int, prd: PRDParameters, probe_max_iter: int, sample_limit: int | None):
+def options(prd_samples: int, prd: PRDParameters, probe_max_iter: int, sample_limit: int | None,
+            random_coherence_samples: int = EvaluationOptions.random_coherence_samples):
     return EvaluationOptions(
         metrics=METRICS, prd_samples=prd_samples, prd=prd, probe_max_iter=probe_max_iter,
         sample_limit=sample_limit, prd_feature_extractor="classifier",
+        random_coherence_samples=random_coherence_samples,
     )
 
 
 def run_pass(args, data: Path, samples: int, sample_limit: int | None, prd_samples: int):
     model, classifiers = build(args.latent_dim, not args.no_channels_last)
-    evaluator = Evaluator(options(prd_samples, PRDParameters(num_runs=args.prd_runs), 1000, sample_limit), classifiers)
+    evaluator = Evaluator(options(prd_samples, PRDParameters(num_runs=args.prd_runs), 1000, sample_limit,
+                                  args.random_coherence_samples), classifiers)
     timers = Timers()
     test = eval_batches(data, samples, args.batch_size, args.workers, sample_limit)
     probe = make_loader(EvalReader(data / "train", args.batch_size, rank=0, world_size=1), args.workers,
@@ -237,7 +246,7 @@ def counted_flops(args, data: Path, samples: int, prd_samples: int) -> float:
     fitting are not torch work, so they are cut to one run / few iterations here."""
     model, classifiers = build(args.latent_dim, not args.no_channels_last)
     cheap = PRDParameters(num_runs=1, kmeans_n_init=1)
-    evaluator = Evaluator(options(prd_samples, cheap, 5, None), classifiers)
+    evaluator = Evaluator(options(prd_samples, cheap, 5, None, args.random_coherence_samples), classifiers)
     test = eval_batches(data, samples, args.batch_size, 0, None)
     probe = make_loader(EvalReader(data / "train", args.batch_size, rank=0, world_size=1), 0, pin_memory=False)
     counter = FlopCounterMode(display=False)
@@ -289,41 +298,56 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--flop-samples", type=int, nargs=2, default=(250, 500))
     parser.add_argument("--prd-runs", type=int, default=10, help="k-means runs per PRD pair (reference: 10)")
+    parser.add_argument("--prd-samples", type=int, default=10000, help="samples per PRD pair (reference: 10,000)")
+    parser.add_argument("--random-coherence-samples", type=int, default=EvaluationOptions.random_coherence_samples)
+    parser.add_argument("--digits", type=int, default=None, help="tuples per split of the built data (default: all)")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square matmul of the ceiling")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--data-dir", default=None, help="shards folder to (re)use; default: a temporary one")
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS), help="the JSON file written")
+    args = parse_with_smoke(parser, {
+        "digits": 100, "samples": 50, "sample_limit": 20, "flop_samples": (10, 20), "batch_size": 25,
+        "prd_runs": 1, "prd_samples": 50, "random_coherence_samples": 50, "matmul_size": 512,
+        "threads": 1,
+    })
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data_dir) if args.data_dir else Path(tmp) / "polymnist"
-        build_polymnist(data, modalities=5, digits=None, seed=0, progress=False, log=lambda _: None)
-        ceiling = matmul_flops()
+        build_polymnist(data, modalities=5, digits=args.digits, seed=0, progress=False, log=lambda _: None)
+        ceiling = matmul_flops(args.matmul_size)
+        test_tuples, train_tuples = (EvalReader(data / split, 1).num_samples for split in ("test", "train"))
 
         # FLOPs, affine in the number of test tuples N: count two N, extrapolate.
         n1, n2 = args.flop_samples
-        prd_full = 10000
+        prd_full = args.prd_samples
         f1, f2 = counted_flops(args, data, n1, prd_full), counted_flops(args, data, n2, prd_full)
         per_sample, constant = (f2 - f1) / (n2 - n1), f1 - (f2 - f1) / (n2 - n1) * n1
         generate_per_tuple, prior_per_sample = generation_flops(args)
-        prior_samples = max(prd_full, EvaluationOptions().random_coherence_samples)
+        prior_samples = max(prd_full, args.random_coherence_samples)
 
-        runs = {}
+        passes = {}
         plan = [("full", args.samples, None)]
         if args.sample_limit:
             plan.append(("sampled", args.sample_limit, args.sample_limit))
         for label, samples, limit in plan:
             # PRD uses min(prd_samples, evaluated) pairs of samples; the prior pass draws prd_samples.
-            total, parts, evaluated, num_records = run_pass(args, data, samples, limit, prd_full)
-            ceiling = max(ceiling, matmul_flops())  # best of the measurements around the runs
-            flops = constant + per_sample * evaluated
-            decoding = generate_per_tuple * evaluated + prior_per_sample * prior_samples
-            runs[label] = {"evaluated_samples": evaluated, "records": num_records,
-                           **summarize(total, parts, flops, ceiling, decoding)}
-            print(label, json.dumps(runs[label]), file=sys.stderr, flush=True)
+            passes[label] = run_pass(args, data, samples, limit, prd_full)
+            ceiling = max(ceiling, matmul_flops(args.matmul_size))  # best of the measurements around the runs
+            print(label, f"{passes[label][0]:.1f} s", file=sys.stderr, flush=True)
+
+    # Every run's fractions against the one ceiling reported (the best matmul measurement).
+    runs = {}
+    for label, (total, parts, evaluated, num_records) in passes.items():
+        flops = constant + per_sample * evaluated
+        decoding = generate_per_tuple * evaluated + prior_per_sample * prior_samples
+        runs[label] = {"evaluated_samples": evaluated, "records": num_records,
+                       **summarize(total, parts, flops, ceiling, decoding)}
 
     full = runs["full"]
     result = {
+        "benchmark": "evaluation",
+        "smoke": args.smoke,
         **{k: full[k] for k in ("total_seconds", "flop_total", "ceiling_fraction")},
         "seconds": full["seconds_summary"],
         "flop_count": (f"FlopCounterMode over passes of {n1} and {n2} test tuples (PRD k-means and probe fitting "
@@ -331,9 +355,13 @@ def main() -> None:
         "flop_per_test_sample": per_sample,
         "flop_constant": constant,
         "matmul_gflops": round(ceiling / 1e9, 1),
+        "matmul_size": args.matmul_size,
         "runs": runs,
-        "data": (f"offline PolyMNIST-5 shards: full run = test (1,000) + train (4,000) read "
-                 f"{max(1, args.samples // 5000)}x with per-cycle keys; sampled run = EvalReader(max_samples) of test"),
+        "digits": args.digits,
+        "data": f"offline PolyMNIST-5 shards ({test_tuples} test, {train_tuples} train tuples): full run = "
+                + (f"the first {args.samples} test tuples" if args.samples <= test_tuples else
+                   f"test + train read {args.samples // (test_tuples + train_tuples)}x with per-cycle keys")
+                + "; sampled run = EvalReader(max_samples) of test",
         "batch_size": args.batch_size,
         "workers": args.workers,
         "threads": args.threads,

@@ -32,9 +32,15 @@ The loop is a plain in-process loop over in-memory tensors, not the platform's R
 it measures learning dynamics, and keeps the probe cheap enough to run often. Everything
 else (data builder, networks, aggregators, likelihoods) is the platform's.
 
-    .venv/bin/python benchmarks/latent_emergence.py [--steps 500] [--cases thesis_mopoe,...]
+    .venv/bin/python benchmarks/latent_emergence.py [--steps 500] [--cases thesis_mopoe,...] [--out PATH]
 
-Prints one JSON object and writes ``benchmarks/results/latent_emergence.json``.
+Prints one JSON object and writes it to ``--out`` (default ``benchmarks/results/latent_emergence.json``).
+The data is built under ``--work-dir`` (default ``/tmp/latent_emergence``, kept for later runs).
+
+``--smoke``: the baseline ``thesis_mopoe`` and ``solid_laplace`` (both kinds of background),
+100 digits per split, 4 steps of batch 16, a probe every 2 steps on 50 train tuples, latent 16, one thread;
+the data goes to a temporary folder, removed afterwards, unless ``--work-dir``. Writes no file
+unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _report import emit, machine_facts  # noqa: E402
+from _report import emit, machine_facts, parse_with_smoke  # noqa: E402
 
 from data_pipelines.backgrounds import write_solid_backgrounds  # noqa: E402
 from data_pipelines.polymnist import build_polymnist  # noqa: E402
@@ -85,7 +92,9 @@ CASES: dict[str, Case] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/latent_emergence"))
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/latent_emergence"),
+                        help="where the data is built and kept for later runs (--smoke: a temporary folder)")
+    parser.add_argument("--digits", type=int, default=None, help="tuples per split of the built data (default: all)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--probe-every", type=int, default=250)
@@ -95,19 +104,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-train-samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "latent_emergence.json")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=RESULTS / "latent_emergence.json", help="the JSON file written")
+    args = parse_with_smoke(parser, {
+        "cases": "thesis_mopoe,solid_laplace", "work_dir": None, "digits": 100, "steps": 4, "probe_every": 2,
+        "batch_size": 16, "probe_train_samples": 50, "latent_dim": 16, "threads": 1,
+    }, argv)
     unknown = [c for c in args.cases.split(",") if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     return args
 
 
-def dataset(kind: str, work_dir: Path) -> Path:
+def dataset(kind: str, work_dir: Path, digits: int | None = None) -> Path:
     """PolyMNIST-3 with the procedural textures, or with flat backgrounds written here."""
-    root = work_dir / f"polymnist_{kind}"
+    root = work_dir / f"polymnist_{kind}" if digits is None else work_dir / f"polymnist_{kind}_{digits}"
     backgrounds = write_solid_backgrounds(work_dir / "solid_backgrounds", NUM_MODALITIES) if kind == "solid" else None
-    build_polymnist(root, modalities=NUM_MODALITIES, seed=0, backgrounds=backgrounds, progress=False, log=print)
+    # Progress goes to stderr: stdout carries the one JSON result.
+    build_polymnist(root, modalities=NUM_MODALITIES, seed=0, digits=digits, backgrounds=backgrounds, progress=False,
+                    log=lambda line: print(line, file=sys.stderr, flush=True))
     return root
 
 
@@ -162,7 +176,7 @@ def run_case(name: str, case: Case, data: dict, args: argparse.Namespace) -> dic
                      "nll": {k: round(float(output.terms[f"nll/{k}"]), 1) for k in names}}
             curve.append(point)
             print(f"{name} step {step}: probe {point['linear_probe']} divergence {point['divergence']} "
-                  f"nll {point['nll']}", flush=True)
+                  f"nll {point['nll']}", file=sys.stderr, flush=True)
     final = curve[-1]
     return {"case": dataclasses.asdict(case), "curve": curve, "final_probe_mean": round(float(np.mean(final["linear_probe"])), 3),
             "final_divergence": final["divergence"], "wall_s": round(time.perf_counter() - start, 1)}
@@ -170,18 +184,28 @@ def run_case(name: str, case: Case, data: dict, args: argparse.Namespace) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        return run(args)
+    with tempfile.TemporaryDirectory(prefix="latent-emergence-") as work_dir:
+        args.work_dir = Path(work_dir)
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cases = args.cases.split(",")
-    args.work_dir.mkdir(parents=True, exist_ok=True)
     data = {}
     for kind in sorted({CASES[c].backgrounds for c in cases}):
-        root = dataset(kind, args.work_dir)
+        root = dataset(kind, args.work_dir, args.digits)
         train, train_labels, specs = load_split(root / "train")
         test, test_labels, _ = load_split(root / "test")
         data[kind] = (train, train_labels, test, test_labels, specs)
     results = {name: run_case(name, CASES[name], data, args) for name in cases}
     emit({
         "benchmark": "latent_emergence",
+        "smoke": args.smoke,
+        "digits": args.digits,
         "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
         "latent_dim": args.latent_dim, "chance": 0.1,
         "baseline": "thesis_mopoe",

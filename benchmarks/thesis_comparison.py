@@ -12,9 +12,23 @@ Run (about 25 minutes on 2 shared CPU cores with the defaults)::
 
     .venv/bin/python benchmarks/thesis_comparison.py
 
-Outputs: ``benchmarks/results/thesis_comparison.{json,md}``; the JSON is rewritten after
+Outputs: ``--out PATH``, the JSON report (default ``benchmarks/results/thesis_comparison.json``),
+and the markdown report next to it (the same name with ``.md``); the JSON is rewritten after
 every method, so an interrupted run keeps what finished (``--methods`` reruns a subset and
-merges into the existing JSON with ``--merge``).
+merges into the existing JSON with ``--merge``). At the end the report is also printed on
+stdout as one JSON object (its last line). Data, classifiers, Ray results and the Aim repo go
+to ``--work-dir`` (default ``/tmp/thesis_comparison``, kept so that later runs reuse them).
+Ray: the cluster in ``RAY_ADDRESS`` if set (the driver only disconnects at the end), else an
+embedded local one, shut down at the end.
+
+``--smoke``: three methods (mopoe, poe, mopgfm: the baseline, the reduced-latent PoE and a
+flow method, enough for the orderings' Spearman rho), 100 digits per split, 1 epoch of 1 step
+of batch 16, latent 8 (poe 4), coherence classifiers trained 1 epoch with no accuracy gate,
+evaluation on 50 test tuples (50 probe rows, 50 random-coherence samples, 1 k-means run), a
+worker of 1 CPU (1 torch thread);
+the same ``fit`` path, the same tables and comparison with the thesis. The work dir is a
+temporary folder, removed afterwards, unless ``--work-dir``; no file is written unless
+``--out`` is given.
 
 Scaling choices (the thesis trains 500 epochs, latent 1280, on 60,000 PolyMNIST tuples on
 a GPU; everything here must fit ~25 minutes on 2 CPU cores for all seven methods):
@@ -39,10 +53,12 @@ a GPU; everything here must fit ~25 minutes on 2 CPU cores for all seven methods
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +66,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import parse_with_smoke  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 
 METHODS = ["mopoe", "moe", "poe", "mofop", "mopgfm", "mogfm_amortized", "iwmogfm"]
@@ -102,7 +121,8 @@ KINDS = ["missing", "reconstruction", "random"]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/thesis_comparison"),
-                        help="data, classifiers, Ray results and Aim repo go here")
+                        help="data, classifiers, Ray results and Aim repo go here (--smoke: a temporary folder)")
+    parser.add_argument("--digits", type=int, default=None, help="tuples per split of the built data (default: all)")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--steps-per-epoch", type=int, default=31, help="31 x 128 = one pass over 4,000 tuples")
@@ -127,12 +147,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="replace every modality's likelihood (default: the manifest's, Laplace 0.75), "
                              "e.g. gaussian:0.1")
     parser.add_argument("--merge", action="store_true", help="merge into the existing JSON instead of replacing it")
-    parser.add_argument("--out", type=Path, default=RESULTS / "thesis_comparison")
+    parser.add_argument("--out", type=Path, default=RESULTS / "thesis_comparison.json",
+                        help="the JSON report; the markdown goes next to it (.md)")
     parser.add_argument("--render-only", action="store_true",
                         help="no training: re-render the markdown from the existing JSON")
     parser.add_argument("--comparison-text", type=Path, default=None,
                         help="markdown file with the written comparison, stored in the JSON and the .md")
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, {
+        "methods": ["mopoe", "poe", "mopgfm"], "work_dir": None, "digits": 100, "epochs": 1, "steps_per_epoch": 1,
+        "batch_size": 16, "latent_dim": 8, "poe_latent_dim": 4, "prd_runs": 1, "probe_train_samples": 50,
+        "random_coherence_samples": 50, "sample_limit": 50, "classifier_epochs": 1, "min_classifier_accuracy": 0.0,
+        "cpus": 1.0,
+    }, argv)
     if args.likelihood is not None:
         kind, _, scale = args.likelihood.partition(":")
         try:
@@ -201,23 +227,27 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict]:
 
     # Each background variant is its own dataset, with its own coherence classifiers.
     suffix = "" if args.backgrounds == "procedural" else f"_{args.backgrounds}"
+    if args.digits is not None:
+        suffix += f"_{args.digits}digits"
     data_root = args.work_dir / "data" / f"polymnist{suffix}"
     t0 = time.perf_counter()
     backgrounds = None
     if args.backgrounds == "solid":
         backgrounds = write_solid_backgrounds(args.work_dir / "solid_backgrounds", 3)
-    build_polymnist(data_root, modalities=3, seed=0, backgrounds=backgrounds, progress=False, log=print)
+    build_polymnist(data_root, modalities=3, seed=0, digits=args.digits, backgrounds=backgrounds, progress=False,
+                    log=print)
     data_s = time.perf_counter() - t0
     clf_dir = args.work_dir / f"classifiers{suffix}"
     t0 = time.perf_counter()
     try:  # reuse classifiers trained earlier with the same number of epochs
         stored = json.loads((clf_dir / METRICS_FILE).read_text())
-        if stored["training"]["epochs"] != args.classifier_epochs:
+        if stored["training"].get("max_epochs") != args.classifier_epochs:
             raise ValueError("different classifier epochs")
         accuracy = read_accuracy(clf_dir)
         trained = False
     except Exception:
-        accuracy = train_classifiers(data_root, clf_dir, ClassifierSettings(epochs=args.classifier_epochs,
+        accuracy = train_classifiers(data_root, clf_dir, ClassifierSettings(min_epochs=args.classifier_epochs,
+                                                                            max_epochs=args.classifier_epochs,
                                                                             batch_size=128, loader_workers=0))
         trained = True
     clf_s = time.perf_counter() - t0
@@ -560,15 +590,19 @@ def variant_notes(args: argparse.Namespace) -> list[str]:
     return notes
 
 
-def write_outputs(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+def write_outputs(report: dict, out: Path | None) -> None:
     report["orderings"] = orderings(report["methods"])
+    if out is None:  # --smoke without --out: nothing written
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     out.with_suffix(".md").write_text(render_markdown(report))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only and args.out is None:
+        raise SystemExit("--render-only needs --out (the JSON report to render)")
     if args.render_only:
         report = json.loads(args.out.with_suffix(".json").read_text())
         if args.comparison_text is not None:
@@ -576,6 +610,13 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(report, args.out)
         print(f"rendered {args.out.with_suffix('.md')}")
         return 0
+    with contextlib.ExitStack() as stack:
+        if args.work_dir is None:  # --smoke: everything built goes, Ray shut down before
+            args.work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="thesis-comparison-")))
+        return compare(args, argv)
+
+
+def compare(args: argparse.Namespace, argv: list[str] | None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MMPLATFORM_DATA_ROOT", str(args.work_dir / "root"))
     start = time.perf_counter()
@@ -587,8 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_root, clf_dir, classifiers = prepare(args)
         report: dict = {}
-        json_path = args.out.with_suffix(".json")
-        if args.merge and json_path.exists():
+        json_path = args.out.with_suffix(".json") if args.out is not None else None
+        if args.merge and json_path is not None and json_path.exists():
             report = json.loads(json_path.read_text())
         report.update({
             "benchmark": "thesis_comparison",
@@ -610,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(report, args.out)
         report["total_wall_s"] = round(time.perf_counter() - start, 1)
         write_outputs(report, args.out)
-        print(f"wrote {args.out.with_suffix('.md')} in {report['total_wall_s'] / 60:.1f} min", flush=True)
+        if args.out is not None:
+            print(f"wrote {args.out.with_suffix('.md')} in {report['total_wall_s'] / 60:.1f} min", flush=True)
+        print(json.dumps(report, default=str), flush=True)  # the one JSON object, last on stdout
         return 0 if all(e.get("error") is None for e in report["methods"].values()) else 1
     finally:
         ray.shutdown()

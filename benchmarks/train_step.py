@@ -16,9 +16,13 @@ Each timing is the best of ``--repeats`` interleaved windows (model, bare, matmu
 machine other processes only ever slow a window down. The ``*_cpu_*`` fields repeat the rates in
 CPU seconds of this process (all threads), which other processes taking the cores do not inflate
 (their cache and memory-bandwidth pressure still does). Prints one JSON object and writes it to
-``benchmarks/results/train_step.json``.
+``--out`` (default ``benchmarks/results/train_step.json``).
 
-    .venv/bin/python benchmarks/train_step.py [--aggregator mopoe] [--steps 8] [--repeats 3]
+``--smoke``: batch 8, one timed window of one step, a 512x512 matmul ceiling, one thread (on a
+shared machine two spinning threads can run 10x slower than one); the same model, bare
+networks and ratios. Writes no file unless ``--out`` is given.
+
+    .venv/bin/python benchmarks/train_step.py [--aggregator mopoe] [--steps 8] [--repeats 3] [--out PATH]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit, machine_facts  # noqa: E402
+from _report import emit, machine_facts, parse_with_smoke  # noqa: E402
 
 from data_pipelines.modality import ModalitySpec  # noqa: E402
 from models import MultimodalVAE  # noqa: E402
@@ -121,8 +125,10 @@ def main() -> None:
         default="fused",
         help="Adam implementation; on CPU the default for-loop one costs ~8x the fused one for 14M parameters",
     )
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_step.json"))
-    args = parser.parse_args()
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square matmul of the ceiling")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_step.json"),
+                        help="the JSON file written")
+    args = parse_with_smoke(parser, {"batch_size": 8, "steps": 1, "repeats": 1, "matmul_size": 512, "threads": 1})
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -149,7 +155,7 @@ def main() -> None:
         for name, module, optimizer, is_model in (("model", model, model_optimizer, True), ("bare", bare, bare_optimizer, False)):
             times = step_seconds(module, optimizer, batch, is_model, args.steps)
             best[name] = [min(old, new) for old, new in zip(best[name], times)]
-        best["matmul"] = [max(old, new) for old, new in zip(best["matmul"], matmul_gflops())]
+        best["matmul"] = [max(old, new) for old, new in zip(best["matmul"], matmul_gflops(args.matmul_size))]
     model_rate, bare_rate = args.batch_size / best["model"][0], args.batch_size / best["bare"][0]
     ceiling = best["matmul"][0] * 1e9
     # The same in CPU seconds (all threads): robust to other processes taking the cores, though
@@ -158,6 +164,8 @@ def main() -> None:
     cpu_ceiling = best["matmul"][1] * 1e9
 
     result = {
+        "benchmark": "train_step",
+        "smoke": args.smoke,
         "aggregator": args.aggregator,
         "batch_size": args.batch_size,
         "latent_dim": args.latent_dim,
@@ -169,6 +177,7 @@ def main() -> None:
         "samples_per_s": round(model_rate, 1),
         "flop_per_sample": model_flops,
         "matmul_gflops": round(ceiling / 1e9, 1),
+        "matmul_size": args.matmul_size,
         "ceiling_fraction": round(model_rate * model_flops / ceiling, 4),
         "bare_samples_per_s": round(bare_rate, 1),
         "bare_flop_per_sample": bare_flops,

@@ -1,0 +1,229 @@
+"""Every benchmark runs at its smoke size, so none of them rots unnoticed (GitHub issue 11).
+
+Each ``benchmarks/*.py`` (``_``-prefixed helpers excepted) is found by glob and run as a user
+runs it, ``python benchmarks/<name>.py --smoke --out <tmp>/<name>.json`` from the repository
+root: it must exit 0, print its result as one JSON object (the last JSON line on stdout) whose
+``benchmark`` is the script's name, write the same object to ``--out`` and leave
+``benchmarks/results/`` alone. Each result is then checked for what the benchmark compares
+(its ratios to its baseline, finite and consistent): numbers, never timings against targets.
+
+A new benchmark without ``--smoke`` fails here, and so does one without an entry in
+``CHECKS``. Benchmarks that use Ray attach to the test session's one cluster (``RAY_ADDRESS``
+and its auth token in their environment) instead of starting their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = sorted(path for path in (REPO / "benchmarks").glob("*.py") if not path.name.startswith("_"))
+RESULTS = REPO / "benchmarks" / "results"
+TIMEOUT_S = 600
+LOCATION_ENV = ("MMPLATFORM_DATA_ROOT", "MMPLATFORM_DATASETS_DIR", "MMPLATFORM_RESULTS_DIR", "MMPLATFORM_AIM_REPO")
+"""Set by other tests' fixtures: a benchmark must choose its own (temporary) locations."""
+
+
+def last_json_object(stdout: str) -> dict[str, Any]:
+    """The last line of ``stdout`` that is a JSON object (progress lines may surround it)."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    raise AssertionError(f"no JSON object on stdout; its end:\n{stdout[-2000:]}")
+
+
+def uses_ray(script: Path) -> bool:
+    pattern = r"^\s*(import ray\b|from ray\b|from mmplatform\.ray_runtime\b)"
+    return re.search(pattern, script.read_text(), re.M) is not None
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive(value: Any) -> bool:
+    return finite(value) and value > 0
+
+
+def fraction(value: Any) -> bool:
+    return finite(value) and 0.0 <= value <= 1.0
+
+
+def results_snapshot(stem: str) -> dict[str, int]:
+    """The benchmark's default result files (``<stem>.*``) and their modification times."""
+    return {path.name: path.stat().st_mtime_ns for path in RESULTS.glob(f"{stem}.*")} if RESULTS.is_dir() else {}
+
+
+# ---------------------------------------------------------------- per-benchmark checks
+
+
+def check_aggregator_cost(result: dict, out: Path) -> None:
+    aggregators = result["aggregators"]
+    assert set(aggregators) == {"mopoe", "mofop", "mopgfm", "mogfm_amortized", "iwmogfm"}
+    for name, row in aggregators.items():
+        for key in ("step_time_vs_mopoe", "flop_rate_vs_mopoe", "flop_rate_vs_mopoe_cpu_time", "ceiling_fraction",
+                    "ceiling_fraction_cpu", "step_s", "flop_per_step", "parameters"):
+            assert positive(row[key]), (name, key, row[key])
+    assert aggregators["mopoe"]["step_time_vs_mopoe"] == aggregators["mopoe"]["flop_rate_vs_mopoe"] == 1.0
+    # The sample-based aggregators decode every subset: more work per step than MoPoE.
+    assert all(aggregators[n]["flop_per_step"] > aggregators["mopoe"]["flop_per_step"]
+               for n in ("mofop", "mopgfm", "mogfm_amortized", "iwmogfm"))
+    assert result["below_80pct_flop_rate"] == [n for n, r in aggregators.items() if r["flop_rate_vs_mopoe"] < 0.8]
+    assert positive(result["matmul_gflops"]) and positive(result["matmul_gflop_per_cpu_s"])
+
+
+def check_asha_efficiency(result: dict, out: Path) -> None:
+    settings = result["settings"]
+    trials, epochs = settings["num_samples"], settings["max_epochs"]
+    assert result["same_trials"] is True
+    # Random search trains every trial to the end; ASHA at least one epoch each, at most that.
+    assert result["random_trial_epochs"] == trials * epochs
+    assert trials <= result["asha_trial_epochs"] <= trials * epochs
+    assert result["trial_epoch_ratio"] == pytest.approx(result["asha_trial_epochs"] / result["random_trial_epochs"])
+    assert 0 < result["trial_epoch_ratio"] <= 1
+    assert finite(result["relative_gap"]) and finite(result["asha_best"]) and finite(result["random_best"])
+    assert finite(result["asha_curves_vs_random_max_relative_deviation"])
+    assert isinstance(result["target"]["met"], bool)
+    assert len(result["random_curves"]) == trials
+    assert all(len(c["objective_by_epoch"]) == epochs for c in result["random_curves"])
+    replay = result["replay_on_random_curves"]
+    assert "error" not in replay and replay, replay
+    for concurrency in replay.values():
+        assert fraction(concurrency["sampled_order"]["ratio"])
+        assert all(fraction(v) for k, v in concurrency["random_orders"].items() if k.startswith("p_"))
+    assert result["theoretical_sync_sha"]["trial_epochs"] <= trials * epochs
+
+
+def check_data_reader(result: dict, out: Path) -> None:
+    for key in ("shard_samples_per_s", "png_samples_per_s", "shard_samples_per_s_10x", "shard_peak_rss_mb",
+                "png_peak_rss_mb", "shard_peak_rss_mb_10x", "shard_peak_pss_mb", "png_peak_pss_mb",
+                "shard_peak_pss_mb_10x"):
+        assert positive(result[key]), (key, result[key])
+    # Rounded to 2 decimals in the report.
+    assert result["speedup"] == pytest.approx(result["shard_samples_per_s"] / result["png_samples_per_s"], abs=0.006)
+    config = result["config"]
+    assert config["train_tuples"] > 0
+    assert config["train_tuples_10x"] == config["train_tuples"] * config["scale_factor"]
+
+
+def check_evaluation(result: dict, out: Path) -> None:
+    runs = result["runs"]
+    assert set(runs) == {"full", "sampled"}
+    assert runs["sampled"]["evaluated_samples"] < runs["full"]["evaluated_samples"]
+    for label, run in runs.items():
+        assert run["records"] > 0
+        assert positive(run["ceiling_fraction"]) and positive(run["generation_ceiling_fraction"]), (label, run)
+        assert all(finite(v) and v >= 0 for v in run["seconds"].values()), (label, run["seconds"])
+        # FLOPs affine in the samples evaluated: the counted constant plus the per-sample slope.
+        expected = result["flop_constant"] + result["flop_per_test_sample"] * run["evaluated_samples"]
+        assert run["flop_total"] == pytest.approx(expected)
+    assert positive(result["flop_per_test_sample"]) and positive(result["flop_constant"])
+    assert result["ceiling_fraction"] == runs["full"]["ceiling_fraction"]
+    assert positive(result["matmul_gflops"])
+
+
+def check_latent_emergence(result: dict, out: Path) -> None:
+    cases = result["cases"]
+    assert result["baseline"] in cases and len(cases) >= 2
+    for name, case in cases.items():
+        steps = [point["step"] for point in case["curve"]]
+        assert steps and steps[-1] == result["steps"], (name, steps)
+        for point in case["curve"]:
+            assert len(point["linear_probe"]) == case["case"]["modalities"]  # one probe per modality
+            assert all(fraction(accuracy) for accuracy in point["linear_probe"])
+            assert finite(point["divergence"]) and all(finite(v) for v in point["nll"].values())
+        assert fraction(case["final_probe_mean"]) and finite(case["final_divergence"])
+
+
+def check_thesis_comparison(result: dict, out: Path) -> None:
+    subsets = ["m0", "m1", "m2", "m0_m1", "m0_m2", "m1_m2", "m0_m1_m2"]  # Table 6.1's columns
+    methods = result["methods"]
+    assert set(methods) == set(result["settings"]["methods"]) and len(methods) >= 3
+    for name, method in methods.items():
+        assert method["error"] is None, (name, method["error"])
+        assert set(method["latent_accuracy"]) == set(subsets)
+        assert all(fraction(v) for v in method["latent_accuracy"].values()), (name, method["latent_accuracy"])
+        for kind in ("missing", "reconstruction", "random"):
+            assert fraction(method["coherence"][kind]) and fraction(method["prd"][kind]), (name, kind)
+    orderings = result["orderings"]
+    assert "latent accuracy (mean of 7 subsets)" in orderings
+    for criterion, ordering in orderings.items():
+        assert sorted(ordering["ours"]) == sorted(methods) == sorted(ordering["thesis"]), criterion
+        assert ordering["spearman"] is None or -1 <= ordering["spearman"] <= 1, (criterion, ordering)
+    markdown = out.with_suffix(".md").read_text()
+    assert "## Ordering: ours vs thesis" in markdown and "## Table 6.1" in markdown
+
+
+def check_train_step(result: dict, out: Path) -> None:
+    for key in ("samples_per_s", "bare_samples_per_s", "ceiling_fraction", "bare_ceiling_fraction", "model_vs_bare",
+                "model_vs_bare_cpu", "ceiling_fraction_cpu", "matmul_gflops"):
+        assert positive(result[key]), (key, result[key])
+    assert result["model_vs_bare"] == pytest.approx(result["samples_per_s"] / result["bare_samples_per_s"], rel=0.01)
+    # The model is the bare networks plus the multimodal machinery: never less arithmetic.
+    assert result["flop_per_sample"] >= result["bare_flop_per_sample"] > 0
+
+
+CHECKS: dict[str, Callable[[dict, Path], None]] = {
+    "aggregator_cost": check_aggregator_cost,
+    "asha_efficiency": check_asha_efficiency,
+    "data_reader": check_data_reader,
+    "evaluation": check_evaluation,
+    "latent_emergence": check_latent_emergence,
+    "thesis_comparison": check_thesis_comparison,
+    "train_step": check_train_step,
+}
+
+
+# ---------------------------------------------------------------- the test
+
+
+def test_helper_finds_the_last_json_object():
+    stdout = 'building {shards}\n{"benchmark": "a"}\nprogress\n{"benchmark": "b", "x": [1, {"y": 2}]}\n(Ray) bye\n'
+    assert last_json_object(stdout) == {"benchmark": "b", "x": [1, {"y": 2}]}
+    with pytest.raises(AssertionError):
+        last_json_object("no json here\n{not json\n")
+
+
+def test_every_benchmark_has_checks():
+    assert BENCHMARKS, "no benchmarks found"
+    assert {path.stem for path in BENCHMARKS} == set(CHECKS), "add the new benchmark's checks to CHECKS"
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=[path.stem for path in BENCHMARKS])
+def test_benchmark_smoke(script: Path, tmp_path: Path, request: pytest.FixtureRequest):
+    env = {key: value for key, value in os.environ.items() if key not in LOCATION_ENV}
+    if uses_ray(script):
+        env.update(request.getfixturevalue("ray_cluster").client_env())
+    out = tmp_path / "out" / f"{script.stem}.json"
+    before = results_snapshot(script.stem)
+    completed = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert completed.returncode == 0, (
+        f"exit status {completed.returncode}\nstdout (end):\n{completed.stdout[-3000:]}\n"
+        f"stderr (end):\n{completed.stderr[-6000:]}"
+    )
+    result = last_json_object(completed.stdout)
+    assert result["benchmark"] == script.stem
+    assert out.is_file(), f"nothing written at --out {out}"
+    written = json.loads(out.read_text())
+    assert json.dumps(written, sort_keys=True) == json.dumps(result, sort_keys=True)
+    assert results_snapshot(script.stem) == before, "a smoke run with --out wrote under benchmarks/results/"
+    CHECKS[script.stem](result, out)
