@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,36 +30,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from data_pipelines.manifest import Manifest, load_manifest
-from mmplatform.paths import CLASSIFIERS_SUBDIR
+from mmplatform.classifier_gate import (  # noqa: F401  (re-exported: the gate is part of this API)
+    DEFAULT_MAX_EPOCHS,
+    METRICS_FILE,
+    ClassifierError,
+    ClassifierSettings,
+    check_accuracy,
+    progress_line,
+    read_accuracy,
+    train_more_command,
+    weak_modalities,
+)
 from models.classifiers import build_classifier
 
 WEIGHTS_FILE = "classifiers.pt"
-METRICS_FILE = "classifiers.json"
-
-
-class ClassifierError(RuntimeError):
-    """Classifiers are missing, unmeasured or not accurate enough to evaluate with."""
-
-
-DEFAULT_MAX_EPOCHS = 40
-"""Cap of a gated training. On generated PolyMNIST-3 (4,000 train tuples) the weakest modality
-passes 0.9 after about 20-25 epochs, a few seconds each on 2 cores."""
-
-
-@dataclass(frozen=True)
-class ClassifierSettings:
-    max_epochs: int = DEFAULT_MAX_EPOCHS
-    """Training stops here even if a modality is still below ``min_accuracy``."""
-    min_accuracy: float = 0.0
-    """Training stops after the first epoch at which every modality reaches this test accuracy
-    (``evaluation.min_classifier_accuracy`` of the trainings that will use them)."""
-    min_epochs: int = 1
-    """Epochs trained before the gate may stop training (``min_epochs = max_epochs``: a fixed length)."""
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    seed: int = 0
-    num_workers: int = 1
-    loader_workers: int = 1
 
 
 class ClassifierBank(nn.ModuleDict):
@@ -126,15 +109,6 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         save_classifiers(bank, manifest, accuracy, settings, out_dir, epochs_trained=epoch)
     ray.train.report({f"accuracy/{name}": value for name, value in accuracy.items()})
 
-
-def weak_modalities(accuracy: dict[str, float], min_accuracy: float) -> dict[str, float]:
-    return {name: value for name, value in accuracy.items() if value < min_accuracy}
-
-
-def progress_line(epoch: int, settings: ClassifierSettings, accuracy: dict[str, float]) -> str:
-    scores = " ".join(f"{name}={value:.3f}" for name, value in sorted(accuracy.items()))
-    return (f"coherence classifiers epoch {epoch}/{settings.max_epochs}: test accuracy {scores} "
-            f"(gate {settings.min_accuracy:g})")
 
 
 @torch.no_grad()
@@ -206,42 +180,6 @@ def train_classifiers(data_root: Path, out_dir: Path, settings: ClassifierSettin
             f"coherence classifier for {name} reached test accuracy {value:.3f} < {settings.min_accuracy:g} "
             f"after {settings.max_epochs} epochs (the cap); train longer with: "
             f"{train_more_command(data_root, out_dir, settings)}"
-        )
-    return accuracy
-
-
-def train_more_command(data_root: Path, out_dir: Path, settings: ClassifierSettings) -> str:
-    """The command that retrains with twice the cap (seeded: its first epochs are these again)."""
-    command = (f"mmplatform classifiers train --data {data_root} --max-epochs {2 * settings.max_epochs} "
-               f"--min-accuracy {settings.min_accuracy:g}")
-    if Path(out_dir) != Path(data_root) / CLASSIFIERS_SUBDIR:
-        command += f" --out {out_dir}"
-    return command
-
-
-def read_accuracy(classifiers_dir: Path) -> dict[str, float]:
-    metrics_path = Path(classifiers_dir) / METRICS_FILE
-    if not metrics_path.exists():
-        raise ClassifierError(
-            f"no coherence classifiers at {classifiers_dir} ({METRICS_FILE} missing); "
-            f"train them with `mmplatform classifiers train --data {Path(classifiers_dir).parent}`"
-        )
-    return json.loads(metrics_path.read_text())["test_accuracy"]
-
-
-def check_accuracy(classifiers_dir: Path, modalities: list[str], min_accuracy: float) -> dict[str, float]:
-    """Refuse classifiers whose accuracy is unknown or below ``min_accuracy``."""
-    accuracy = read_accuracy(classifiers_dir)
-    missing = [name for name in modalities if name not in accuracy]
-    if missing:
-        raise ClassifierError(f"classifiers at {classifiers_dir} have no measured accuracy for {missing}")
-    weak = weak_modalities({name: accuracy[name] for name in modalities}, min_accuracy)
-    if weak:
-        raise ClassifierError(
-            f"classifiers at {classifiers_dir} are below evaluation.min_classifier_accuracy={min_accuracy}: "
-            + ", ".join(f"{name}={value:.3f}" for name, value in weak.items())
-            + f"; train longer with: mmplatform classifiers train --data {Path(classifiers_dir).parent} "
-            f"--min-accuracy {min_accuracy:g}"
         )
     return accuracy
 

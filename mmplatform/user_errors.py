@@ -20,7 +20,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions whose message is complete for a user; imported late to keep the CLI light."""
     from data_pipelines.manifest import ManifestError
     from data_pipelines.shard_source import ShardError
-    from mmplatform.coherence_classifiers import ClassifierError
+    from mmplatform.classifier_gate import ClassifierError
     from mmplatform.config import ConfigError
 
     return ConfigError, ManifestError, ShardError, ClassifierError

@@ -12,7 +12,8 @@ from mmplatform.paths import CLASSIFIERS_SUBDIR
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mmplatform.coherence_classifiers import ClassifierSettings, train_classifiers
+    from mmplatform.classifier_gate import ClassifierSettings
+    from mmplatform.coherence_classifiers import train_classifiers
     from mmplatform.ray_runtime import ensure_ray
 
     data = Path(args.data)
@@ -29,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
 
 @register_command("classifiers")
 def add(nouns: argparse._SubParsersAction) -> None:
-    from mmplatform.coherence_classifiers import DEFAULT_MAX_EPOCHS
+    from mmplatform.classifier_gate import DEFAULT_MAX_EPOCHS
     from mmplatform.config import EvaluationConfig
 
     gate = EvaluationConfig.model_fields["min_classifier_accuracy"].default

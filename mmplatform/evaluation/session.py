@@ -35,7 +35,7 @@ def evaluated_modalities(config: TrainConfig, manifest: Manifest) -> list[str]:
 
 def check_classifiers(config: TrainConfig) -> dict[str, float]:
     """Refuse (``ClassifierError``) classifiers with unknown or too low test accuracy."""
-    from mmplatform.coherence_classifiers import check_accuracy
+    from mmplatform.classifier_gate import check_accuracy
 
     manifest = load_manifest(config.data.root() / "train")
     return check_accuracy(
