@@ -15,6 +15,7 @@ from ray.tune.search import BasicVariantGenerator
 from mmplatform.config import TrainConfig, check_against_cluster
 from mmplatform.ray_runtime import ensure_ray
 from mmplatform.sweep.config import SchedulerConfig, SweepConfig
+from mmplatform.sweep.report import HEADLINE_METRICS
 from mmplatform.sweep.search_space import to_param_space
 from mmplatform.sweep.trial import run_trial
 from mmplatform.tracking import create_local_repo
@@ -95,7 +96,8 @@ def run_sweep(sweep: SweepConfig, storage_path: str, cluster_resources: dict[str
     results = tuner.fit()
     summary = summarize(results, sweep)
     if "://" not in storage_path:
-        Path(experiment_dir, BEST_TRIAL_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        summary["best_trial_file"] = str(Path(experiment_dir, BEST_TRIAL_FILE))
+        Path(summary["best_trial_file"]).write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -110,10 +112,13 @@ def summarize(results, sweep: SweepConfig) -> dict[str, Any]:
             "trial_id": metrics.get("trial_id"),
             "status": status,
             "epoch": metrics.get("epoch"),
-            METRIC: metrics.get(METRIC),
+            "config": {key: value for key, value in (result.config or {}).items() if key in sweep.search_space},
+            # The headline metrics of the last report (METRIC among them); all of them stay in Aim.
+            **{name: metrics.get(name) for name in HEADLINE_METRICS},
             "error": str(result.error) if result.error else None,
         })
-    summary: dict[str, Any] = {"sweep": sweep.name, "num_trials": len(trials), "trials": trials, "best": None}
+    summary: dict[str, Any] = {"sweep": sweep.name, "num_trials": len(trials), "trials": trials, "best": None,
+                               "best_trial_file": None}
     try:
         best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
     except RuntimeError:

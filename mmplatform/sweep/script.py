@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from mmplatform import paths
 from mmplatform.config import build_config
+from mmplatform.user_errors import report_user_errors
 from mmplatform.sweep.config import SweepConfig, build_sweep_config
 from mmplatform.sweep.profiles import PROFILES, Study, SweepPlan, dataset_dir
+from mmplatform.sweep.report import trials_table
 from mmplatform.sweep.search_space import Choice
 
 
@@ -27,6 +31,7 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help=f"sweep name (default: {study.name}-<profile>); rerun the same name to continue it")
     parser.add_argument("--num-samples", type=int, help="trials to sample")
     parser.add_argument("--max-epochs", type=int, help="epochs of a trial that ASHA never stops")
+    parser.add_argument("--steps-per-epoch", type=int, help="training steps per epoch (default: the profile's)")
     parser.add_argument("--workers-per-trial", type=int, help="DDP workers per trial (cluster)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, split over its workers (cluster)")
     parser.add_argument("--max-concurrent-trials", type=int, help="default: what the cluster can hold")
@@ -43,6 +48,8 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
     base = dict(plan.base)
     base["training"] = {**base.get("training", {}), "seed": args.seed}
     base["data"] = {**base["data"], "path": str(dataset_dir(plan))}
+    if args.steps_per_epoch is not None:
+        base["data"]["steps_per_epoch"] = args.steps_per_epoch
     base["storage_path"] = plan.storage_path
     # Resolve every location here, in the sweep's driver: trial drivers run in Ray workers
     # whose environment must not decide where data, checkpoints and Aim runs go.
@@ -81,17 +88,19 @@ def prepare_dataset(plan: SweepPlan) -> Path:
 
 
 def prepare_classifiers(plan: SweepPlan, root: Path, modalities: list[str], min_accuracy: float) -> None:
+    """Train the coherence classifiers until they pass the trials' gate, unless stored ones do."""
     from mmplatform.coherence_classifiers import ClassifierError, ClassifierSettings, check_accuracy, train_classifiers
-    from mmplatform.commands.classifiers import DEFAULT_SUBDIR
 
-    directory = root / DEFAULT_SUBDIR
+    directory = root / paths.CLASSIFIERS_SUBDIR
     try:
         check_accuracy(directory, modalities, min_accuracy)
         return
     except ClassifierError:
         pass
-    print(f"training coherence classifiers at {directory} (first use)")
-    train_classifiers(root, directory, ClassifierSettings(epochs=plan.classifier_epochs))
+    print(f"training coherence classifiers at {directory} until every modality reaches test accuracy "
+          f"{min_accuracy:g} (at most {plan.classifier_max_epochs} epochs)", flush=True)
+    train_classifiers(root, directory, ClassifierSettings(max_epochs=plan.classifier_max_epochs,
+                                                          min_accuracy=min_accuracy))
 
 
 def cluster_resources() -> dict[str, float]:
@@ -110,9 +119,34 @@ def aim_hint(repo: str) -> str:
     return f"open the Aim UI with: .venv/bin/aim up --repo {repo}   (then http://127.0.0.1:43800)"
 
 
+def ending(summary: dict[str, Any], config: SweepConfig, storage_path: str, aim_repo: str, wall_s: float) -> str:
+    """What the user reads when the sweep is over: the trials table, where the details are, Aim."""
+    statuses = Counter(trial["status"] for trial in summary["trials"])
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    lines = [
+        f"sweep {config.name}: {summary['num_trials']} trials ({counts}) in {wall_s / 60:.1f} min",
+        "",
+        trials_table(summary["trials"], list(config.search_space)),
+        "",
+    ]
+    if summary.get("best_trial_file"):
+        lines.append(f"best trial (config, all metrics, checkpoint): {summary['best_trial_file']}")
+    else:
+        lines.append(f"results in {storage_path}/{config.name}")
+    lines.append(aim_hint(aim_repo))
+    return "\n".join(lines)
+
+
 def main(study: Study, argv: list[str] | None = None) -> dict[str, Any]:
+    """The sweep scripts' entry point; a user error ends in one line and exit status 2."""
+    with report_user_errors(f"sweeps/{study.name}.py"):
+        return _main(study, argv)
+
+
+def _main(study: Study, argv: list[str] | None) -> dict[str, Any]:
     from mmplatform.sweep.runner import run_sweep
 
+    started = time.monotonic()
     args = parse_args(study, argv)
     plan = PROFILES[args.profile](study, args)
     config = sweep_config(study, plan, args)
@@ -122,9 +156,7 @@ def main(study: Study, argv: list[str] | None = None) -> dict[str, Any]:
     if {"coherence", "prd"} & set(template.evaluation.metrics):
         prepare_classifiers(plan, root, list(study.modalities), template.evaluation.min_classifier_accuracy)
     summary = run_sweep(config, plan.storage_path, resources)
-    print(json.dumps(summary["best"], indent=2, default=str))
-    print(f"sweep {config.name}: {summary['num_trials']} trials; results in {plan.storage_path}/{config.name}")
-    print(aim_hint(template.tracking.resolved_repo()))
+    print(ending(summary, config, plan.storage_path, template.tracking.resolved_repo(), time.monotonic() - started))
     if os.environ.get("MMPLATFORM_SWEEP_SUMMARY"):
         Path(os.environ["MMPLATFORM_SWEEP_SUMMARY"]).write_text(json.dumps(summary, default=str))
     return summary
