@@ -163,7 +163,7 @@ def bench_plan(study, args: argparse.Namespace):
         max_epochs=args.max_epochs,
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
-        classifier_epochs=1,
+        classifier_max_epochs=1,
         driver_resources={"CPU": 1.0},
         storage_path=str(paths.results_dir()),
         space_overrides={"model.latent_dim": Choice(values=[16])},

@@ -16,6 +16,7 @@ a user is never left with a gate they cannot pass by rerunning the same thing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -44,6 +45,8 @@ from mmplatform.classifier_gate import (  # noqa: F401  (re-exported: the gate i
 from models.classifiers import build_classifier
 
 WEIGHTS_FILE = "classifiers.pt"
+
+logger = logging.getLogger(__name__)
 
 
 class ClassifierBank(nn.ModuleDict):
@@ -102,7 +105,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         accuracy = test_accuracy(bank, test_reader, device)
         passed = not weak_modalities(accuracy, settings.min_accuracy)
         if rank == 0:
-            print(progress_line(epoch, settings, accuracy), flush=True)
+            # A log record, not print(): Train V2 tees a worker's print() into its logger, and
+            # the driver would show every progress line twice.
+            logger.info(progress_line(epoch, settings, accuracy))
         if passed and epoch >= settings.min_epochs:
             break
     if rank == 0:
