@@ -108,8 +108,7 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
 
     The rest is the papers': latent 512, the MoPoE conv decoder, batch 128, Adam. Fewer, longer
     trials than on a cluster: a trial must train long enough for the digit to appear at all,
-    and ASHA pays an evaluation per rung. Each trial's worker gets 2 CPUs (torch threads), so
-    the last trial left running uses both cores.
+    and ASHA pays an evaluation per rung. Trials run one at a time with 2 torch threads each.
     """
     dataset = DatasetPlan(name="polymnist", digits=None, build_if_missing=True, num_modalities=LOCAL_MODALITIES)
     return SweepPlan(
@@ -134,6 +133,9 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
         classifier_max_epochs=DEFAULT_MAX_EPOCHS,
         driver_resources={"CPU": 1.0},
         storage_path=str(paths.results_dir()),
+        # One trial at a time on both cores: two at once on 2 cores only split them, and ASHA's
+        # first trial at a rung continues anyway; later trials are stopped when they fall behind.
+        max_concurrent_trials=args.max_concurrent_trials or 1,
         space_overrides={
             "model.latent_dim": Choice(values=[512]),
             "model.beta": Uniform(low=0.5, high=4.0),
