@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmplatform import paths
-from mmplatform.config import build_config
+from mmplatform.config import ConfigError, build_config
 from mmplatform.user_errors import report_user_errors
 from mmplatform.sweep.config import SweepConfig, build_sweep_config
 from mmplatform.sweep.profiles import PROFILES, Study, SweepPlan, dataset_dir
@@ -30,6 +30,8 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
                         help="local: embedded laptop default; cluster: thesis scale on RAY_ADDRESS; smoke: tests")
     parser.add_argument("--name", help=f"sweep name (default: {study.name}-<profile>); rerun the same name to continue it")
     parser.add_argument("--num-samples", type=int, help="trials to sample")
+    parser.add_argument("--aggregators", help=f"comma-separated subset of {', '.join(study.aggregators)} "
+                                              "(default: the study's, less those the profile leaves out)")
     parser.add_argument("--max-epochs", type=int, help="epochs of a trial that ASHA never stops")
     parser.add_argument("--steps-per-epoch", type=int, help="training steps per epoch (default: the profile's)")
     parser.add_argument("--workers-per-trial", type=int, help="DDP workers per trial (cluster)")
@@ -41,10 +43,22 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def sampled_aggregators(study: Study, plan: SweepPlan, args: argparse.Namespace) -> list[str]:
+    """``--aggregators`` if given (each must be the study's), else the study's less the profile's exclusions."""
+    if args.aggregators:
+        wanted = [name.strip() for name in args.aggregators.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in study.aggregators]
+        if unknown or not wanted:
+            raise ConfigError(f"--aggregators: {unknown or wanted} not in the study {study.name}; "
+                              f"choose from {', '.join(study.aggregators)}")
+        return wanted
+    return [name for name in study.aggregators if name not in plan.excluded_aggregators] or list(study.aggregators)
+
+
 def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> SweepConfig:
     space = dict(study.search_space)
     space.update({key: spec for key, spec in plan.space_overrides.items() if key in space})
-    space["model.aggregator"] = Choice(values=list(study.aggregators))
+    space["model.aggregator"] = Choice(values=sampled_aggregators(study, plan, args))
     base = dict(plan.base)
     base["training"] = {**base.get("training", {}), "seed": args.seed}
     base["data"] = {**base["data"], "path": str(dataset_dir(plan))}
