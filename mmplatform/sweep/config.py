@@ -32,6 +32,9 @@ class SweepConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Default: as many trials as the cluster's CPUs/GPUs can hold at once."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """Tune stops the whole sweep after this many seconds (trials then end where they are);
+    ``None``: no limit. Rerunning the sweep's command continues it."""
     search_seed: int | None = None
     """Seed of the random search (Tune's BasicVariantGenerator): the same seed draws the same
     trials, so ASHA and FIFO sweeps (or two reruns) can be compared trial for trial."""

@@ -82,7 +82,7 @@ def run_sweep(sweep: SweepConfig, storage_path: str, cluster_resources: dict[str
             trainable,
             param_space=to_param_space(sweep.search_space),
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, num_samples=sweep.num_samples,
+                metric=METRIC, mode=MODE, num_samples=sweep.num_samples, time_budget_s=sweep.time_budget_s,
                 scheduler=build_scheduler(sweep.scheduler),
                 # Tune ignores TuneConfig.max_concurrent_trials when a search_alg that is not a
                 # Searcher is given: the generator itself must carry the limit.
@@ -105,7 +105,8 @@ def summarize(results, sweep: SweepConfig) -> dict[str, Any]:
     trials = []
     for result in results:
         metrics = result.metrics or {}
-        status = metrics.get("status", "error" if result.error else "unknown")
+        # No report at all: the sweep ended (time budget, Ctrl-C) before the trial's first epoch.
+        status = metrics.get("status", "error" if result.error else "no_result")
         if status == "running":  # its last report was mid-training: the scheduler stopped it
             status = "stopped_early"
         trials.append({

@@ -39,7 +39,7 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent-trials", type=int, help="default: what the cluster can hold")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="fifo = plain random search")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trials' training")
-    parser.add_argument("--search-seed", type=int, help="seed of the sampled trials (default: unseeded)")
+    parser.add_argument("--search-seed", type=int, help="seed of the sampled trials (default: the profile's; local: 0, others unseeded)")
     return parser.parse_args(argv)
 
 
@@ -77,7 +77,8 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
                       "grace_period": plan.grace_period, "reduction_factor": plan.reduction_factor},
         "driver_resources": plan.driver_resources,
         "max_concurrent_trials": plan.max_concurrent_trials,
-        "search_seed": args.search_seed,
+        "search_seed": args.search_seed if args.search_seed is not None else plan.search_seed,
+        "time_budget_s": plan.time_budget_s,
     })
 
 
