@@ -137,7 +137,7 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
             model={"latent_dim": 512, "networks": {"*": "polymnist_conv_heads"},
                    "likelihoods": {"*": {"kind": "gaussian", "scale": 0.1}}},
             training={"learning_rate": 1e-3},
-            evaluation={"sample_limit": 500, "probe_train_samples": 500, "random_coherence_samples": 200,
+            evaluation={"sample_limit": 500, "probe_train_samples": 1000, "random_coherence_samples": 200,
                         "prd_runs": 3, "min_classifier_accuracy": 0.9,
                         "metrics": ["coherence", "latent_probe", "prd"]},
             scaling={"num_workers": 1, "cpus_per_worker": 2.0},
@@ -158,7 +158,7 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
         space_overrides={
             "model.latent_dim": Choice(values=[512]),
             "model.beta": Uniform(low=2.0, high=4.0),
-            "training.learning_rate": LogUniform(low=1.2e-3, high=2e-3),
+            "training.learning_rate": LogUniform(low=1.5e-3, high=2e-3),
             "model.aggregator_options.num_flows": Choice(values=[1]),
             "model.aggregator_options.coupling_layers": Choice(values=[2, 4]),
             "model.aggregator_options.coupling_width": Choice(values=[64, 128]),
