@@ -31,7 +31,7 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help=f"sweep name (default: {study.name}-<profile>); rerun the same name to continue it")
     parser.add_argument("--num-samples", type=int, help="trials to sample")
     parser.add_argument("--aggregators", help=f"comma-separated subset of {', '.join(study.aggregators)} "
-                                              "(default: the study's, less those the profile leaves out)")
+                                              "(default: the profile's choice among them; local: mopgfm)")
     parser.add_argument("--max-epochs", type=int, help="epochs of a trial that ASHA never stops")
     parser.add_argument("--steps-per-epoch", type=int, help="training steps per epoch (default: the profile's)")
     parser.add_argument("--workers-per-trial", type=int, help="DDP workers per trial (cluster)")
@@ -44,7 +44,8 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
 
 
 def sampled_aggregators(study: Study, plan: SweepPlan, args: argparse.Namespace) -> list[str]:
-    """``--aggregators`` if given (each must be the study's), else the study's less the profile's exclusions."""
+    """``--aggregators`` if given (each must be the study's), else those of the profile the study has
+    (all of the study's when it has none of them)."""
     if args.aggregators:
         wanted = [name.strip() for name in args.aggregators.split(",") if name.strip()]
         unknown = [name for name in wanted if name not in study.aggregators]
@@ -52,7 +53,7 @@ def sampled_aggregators(study: Study, plan: SweepPlan, args: argparse.Namespace)
             raise ConfigError(f"--aggregators: {unknown or wanted} not in the study {study.name}; "
                               f"choose from {', '.join(study.aggregators)}")
         return wanted
-    return [name for name in study.aggregators if name not in plan.excluded_aggregators] or list(study.aggregators)
+    return [name for name in study.aggregators if name in plan.aggregators] or list(study.aggregators)
 
 
 def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> SweepConfig:
