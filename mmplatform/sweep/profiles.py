@@ -30,7 +30,7 @@ and missing coherence 0.10-0.17, against 0.68 and 0.25). The cluster profile sea
 LOCAL_TRIALS = 3
 LOCAL_MAX_EPOCHS = 6
 LOCAL_STEPS_PER_EPOCH = 200
-"""6 x 200 steps: where the best trial passed a latent accuracy of 0.5 (epoch 3) and a
+"""6 x 200 steps: where the best trial passed a latent accuracy of 0.5 (epoch 3-4) and a
 missing-modality coherence of 0.2 (epoch 6) when this profile was measured."""
 LOCAL_SWEEP_BUDGET_S = 750
 """A hard cap, so that ``make run`` ends within about 15 minutes (with the data and classifiers
