@@ -232,6 +232,7 @@ class TrainConfig(_Section):
             "dataset": self.data.dataset,
             "modalities": ",".join(self.data.modalities) if self.data.modalities else "all",
             "batch_size": self.data.batch_size,
+            "steps_per_epoch": self.data.steps_per_epoch,  # None: one pass over the training split
             "aggregator": self.model.aggregator,
             "latent_dim": self.model.latent_dim,
             "beta": self.model.beta,
@@ -240,6 +241,7 @@ class TrainConfig(_Section):
             "epochs": self.training.epochs,
             "seed": self.training.seed,
             "grad_clip_norm": self.training.grad_clip_norm,
+            "eval_sample_limit": self.evaluation.sample_limit,  # None: the whole test split
             # e.g. "*=gaussian(0.1)"; "manifest" when every modality keeps the dataset's likelihood
             "likelihood": ",".join(
                 f"{key}={choice.kind or 'manifest'}" + (f"({choice.scale:g})" if choice.scale is not None else "")
