@@ -172,3 +172,9 @@ def test_bad_network_choices_name_the_field():
         from mmplatform.training.model_factory import selected_specs
 
         selected_specs(build_config({"model": {"networks": {"m9": "polymnist_conv"}}}), _manifest(_image("m0")))
+
+
+def test_a_profiles_budget_choices_are_in_the_hparams():
+    hparams = build_config({"data": {"steps_per_epoch": 200}, "evaluation": {"sample_limit": 500}}).flat_hparams()
+    assert hparams["steps_per_epoch"] == 200 and hparams["eval_sample_limit"] == 500
+    assert build_config({}).flat_hparams()["steps_per_epoch"] is None  # one pass over the split
