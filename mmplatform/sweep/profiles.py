@@ -111,7 +111,7 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
     """The embedded default (``make run``): a laptop with no cluster, at most 15 minutes on 2 cores,
     sized so that the best trial visibly learns (README, "What make run shows").
 
-    Every choice below is recorded in the trials' Aim hparams. Three depart from the papers'
+    Every choice below is recorded in the trials' Aim hparams. These depart from the papers'
     setting, each a registered option rather than a changed default:
 
     - ``model.likelihoods = gaussian(0.1)`` instead of Laplace(0.75): with the Laplace
