@@ -24,7 +24,7 @@ LOCAL_AGGREGATORS = ("mopgfm",)
 """What ``make run`` samples of a study's aggregators (all of them if the study has none of these).
 Measured in this profile on 2 cores: mogfm_amortized and iwmogfm decode a sample of every subset's
 posterior, not one per tuple (209 s for one epoch of mogfm_amortized against about 90 s for
-mopgfm); mofop learned more slowly than mopgfm in the same 1,200 steps (latent accuracy 0.46-0.48
+mopgfm, read from the trials' ``time_this_iter_s`` in two local sweeps); mofop learned more slowly than mopgfm in the same 1,200 steps (latent accuracy 0.46-0.48
 and missing coherence 0.10-0.17, against 0.68 and 0.25). The cluster profile searches all four;
 ``--aggregators`` picks any of them locally."""
 LOCAL_TRIALS = 3
@@ -117,7 +117,8 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
     - ``model.likelihoods = gaussian(0.1)`` instead of Laplace(0.75): with the Laplace
       likelihood the latent takes thousands of steps to encode the digit at all
       (``benchmarks/latent_emergence.py``); with the Gaussian, mofop's latent probe on PolyMNIST-3
-      reads 0.43 after 600 steps against 0.30-0.34 (measured in this profile's setting);
+      reads 0.43 after 600 steps against 0.30-0.34 (latent 512, batch 128; an in-process loop like
+      ``benchmarks/latent_emergence.py``'s, run once per setting, not a script of this repository);
     - ``model.networks = polymnist_conv_heads``: the MoPoE encoder's mu/logvar heads as 4x4
       convolutions on its conv features, which learns the digit about twice as fast as the
       papers' Linear(2048, D)-ReLU bottleneck;

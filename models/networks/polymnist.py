@@ -84,21 +84,14 @@ def _fits(spec: ModalitySpec) -> bool:
     return spec.kind == "image" and tuple(spec.shape[1:]) == (28, 28)
 
 
-register_networks(
-    NetworkEntry(
-        name="polymnist_conv",
+# (name, encoder class, priority): both pairs share the papers' decoder. The conv-heads pair is an
+# option chosen by name (model.networks), never picked over the papers' nets (priority 0 < 10).
+for _name, _encoder, _priority in (("polymnist_conv", PolyMNISTEncoder, 10),
+                                    ("polymnist_conv_heads", PolyMNISTConvHeadsEncoder, 0)):
+    register_networks(NetworkEntry(
+        name=_name,
         matches=_fits,
-        encoder=lambda spec, d: PolyMNISTEncoder(d, spec.shape[0]),
+        encoder=lambda spec, d, encoder=_encoder: encoder(d, spec.shape[0]),
         decoder=lambda spec, d: PolyMNISTDecoder(d, spec.shape[0]),
-        priority=10,
-    )
-)
-register_networks(
-    NetworkEntry(
-        name="polymnist_conv_heads",
-        matches=_fits,
-        encoder=lambda spec, d: PolyMNISTConvHeadsEncoder(d, spec.shape[0]),
-        decoder=lambda spec, d: PolyMNISTDecoder(d, spec.shape[0]),
-        priority=0,  # an option: chosen by name (model.networks), never over the papers' nets
-    )
-)
+        priority=_priority,
+    ))
