@@ -68,7 +68,7 @@ def _classifier_bank(manifest: Manifest) -> ClassifierBank:
         )
     name = CLASSIFIER_BY_DATASET[manifest.dataset]
     return ClassifierBank({
-        spec.name: build_classifier(name, channels=spec.shape[0], num_classes=len(manifest.label_names))
+        spec.name: build_classifier(name, spec, len(manifest.label_names))
         for spec in manifest.modalities
     })
 

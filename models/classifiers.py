@@ -1,4 +1,9 @@
-"""Pretrained-style digit classifiers used for coherence (anchors-mmvae 4.1, 4.5).
+"""Coherence classifiers, registered by name; a dataset's descriptor names one per modality.
+
+A registered factory takes ``(spec, num_outputs)``: the ``ModalitySpec`` of the modality it
+judges and the number of logits (classes of a single-label dataset, attributes of a
+multi-label one). The module returns logits ``[B, num_outputs]`` and has ``features(x)``, the
+penultimate activations used as PRD features.
 
 ``polymnist_digit``: the MoPoE PolyMNIST classifier, one per modality:
 Conv(3->10,k4,s2,p1)-Dropout2d(0.5)-ReLU-Conv(10->20,k4,s2,p1)-Dropout2d(0.5)-ReLU-Flatten(980)-
@@ -10,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import Tensor, nn
+
+from data_pipelines.modality import ModalitySpec
 
 
 class PolyMNISTDigitClassifier(nn.Module):
@@ -38,10 +45,20 @@ class PolyMNISTDigitClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {"polymnist_digit": PolyMNISTDigitClassifier}
+ClassifierFactory = Callable[[ModalitySpec, int], nn.Module]
+CLASSIFIERS: dict[str, ClassifierFactory] = {}
 
 
-def build_classifier(name: str, **options) -> nn.Module:
+def register_classifier(name: str, factory: ClassifierFactory) -> None:
+    if name in CLASSIFIERS:
+        raise ValueError(f"classifier {name!r} registered twice")
+    CLASSIFIERS[name] = factory
+
+
+def build_classifier(name: str, spec: ModalitySpec, num_outputs: int) -> nn.Module:
     if name not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {name!r}; registered: {', '.join(sorted(CLASSIFIERS))}")
-    return CLASSIFIERS[name](**options)
+    return CLASSIFIERS[name](spec, num_outputs)
+
+
+register_classifier("polymnist_digit", lambda spec, num_outputs: PolyMNISTDigitClassifier(spec.shape[0], num_outputs))

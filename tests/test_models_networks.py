@@ -47,7 +47,8 @@ def test_generic_text_networks_round_trip_shapes():
 
 def test_polymnist_classifier_architecture():
     assert "polymnist_digit" in CLASSIFIERS
-    classifier = build_classifier("polymnist_digit").eval()
+    spec = ModalitySpec("m0", "image", (3, 28, 28), "uint8", "laplace")
+    classifier = build_classifier("polymnist_digit", spec, 10).eval()
     assert classifier(torch.rand(5, 3, 28, 28)).shape == (5, 10)
     weights = [p.shape for p in classifier.parameters() if p.dim() > 1]
     assert weights == [(10, 3, 4, 4), (20, 10, 4, 4), (128, 980), (10, 128)]
