@@ -25,13 +25,13 @@ Back ends are chosen by name from ``FLOW_BACKENDS`` (configs and sweeps use the 
     nflows ``AffineCouplingTransform`` with alternating binary masks, each followed by a
     fixed ``RandomPermutation``.
 ``nflows_maf``
-    nflows ``MaskedAffineAutoregressiveTransform`` (MADE conditioner, ``hidden_layers``
+    nflows ``MaskedAffineAutoregressiveTransform`` (MADE conditioner, ``coupling_layers``
     masked layers) followed by ``ReversePermutation``. Its inverse is sequential over the
     ``D`` dimensions (D conditioner passes): cheap forward, slow inverse. Fine where only
     the forward is needed (``mofop``) or for small latent spaces.
 ``identity``
     the identity map with zero log-determinant; also what every back end returns for
-    ``num_transforms=0``.
+    ``num_flows=0``.
 
 Scale clamping. Every affine back end bounds the per-dimension log-scale of one transform
 by ``clamp``, so a single flow changes volume by at most ``exp(clamp)`` per dimension and
@@ -79,16 +79,16 @@ from torch import Tensor, nn
 class FlowConfig:
     """The hyperparameters of Table 5.1 (seed 000) that shape a flow.
 
-    ``num_transforms`` is "Nbr Flows", ``hidden_layers`` is "Nbr Coupling Block layers"
-    (hidden layers of each coupling/conditioner network) and ``hidden_width`` is
+    ``num_flows`` is "Nbr Flows", ``coupling_layers`` is "Nbr Coupling Block layers"
+    (hidden layers of each coupling/conditioner network) and ``coupling_width`` is
     "Coupling Dim" (their width).
     """
 
     backend: str
     dim: int
-    num_transforms: int
-    hidden_layers: int = 2
-    hidden_width: int = 64
+    num_flows: int
+    coupling_layers: int = 2
+    coupling_width: int = 64
     clamp: float = 2.0
     strict: bool = False
 
@@ -145,7 +145,7 @@ class Flow(nn.Module):
 
 
 class IdentityFlow(Flow):
-    """Exactly the identity, log-determinant exactly zero (``num_transforms=0``)."""
+    """Exactly the identity, log-determinant exactly zero (``num_flows=0``)."""
 
     backend = "identity"
 
@@ -175,10 +175,10 @@ class _FreiaFlow(Flow):
         _require_split(config)
 
         def subnet(c_in: int, c_out: int) -> nn.Module:
-            return mlp(c_in, c_out, config.hidden_layers, config.hidden_width)
+            return mlp(c_in, c_out, config.coupling_layers, config.coupling_width)
 
         self.inn = Ff.SequenceINN(config.dim)
-        for _ in range(config.num_transforms):
+        for _ in range(config.num_flows):
             self._append_block(subnet, config.clamp)
 
     def _append_block(self, subnet: Callable, clamp: float) -> None:
@@ -287,10 +287,10 @@ class NflowsCouplingFlow(_NflowsFlow):
         _require_split(config)
 
         def conditioner(c_in: int, c_out: int) -> nn.Module:
-            return _ContextFreeNet(mlp(c_in, c_out, config.hidden_layers, config.hidden_width))
+            return _ContextFreeNet(mlp(c_in, c_out, config.coupling_layers, config.coupling_width))
 
         transforms: list[nn.Module] = []
-        for i in range(config.num_transforms):
+        for i in range(config.num_flows):
             # Alternate which half conditions the other; the random permutation in between
             # changes the halves from one transform to the next.
             mask = (torch.arange(config.dim) + i) % 2
@@ -304,12 +304,12 @@ class NflowsMafFlow(_NflowsFlow):
 
     def _transforms(self, config: FlowConfig) -> list[nn.Module]:
         transforms: list[nn.Module] = []
-        for _ in range(config.num_transforms):
+        for _ in range(config.num_flows):
             transforms.append(
                 ClampedMaskedAffineAutoregressiveTransform(
                     features=config.dim,
-                    hidden_features=config.hidden_width,
-                    num_blocks=config.hidden_layers,
+                    hidden_features=config.coupling_width,
+                    num_blocks=config.coupling_layers,
                     clamp=config.clamp,
                 )
             )
@@ -318,7 +318,7 @@ class NflowsMafFlow(_NflowsFlow):
 
 
 def _require_split(config: FlowConfig) -> None:
-    if config.num_transforms > 0 and config.dim < 2:
+    if config.num_flows > 0 and config.dim < 2:
         raise ValueError(f"coupling back end {config.backend!r} needs dim >= 2 to split, got dim={config.dim}")
 
 
@@ -349,31 +349,31 @@ register_flow_backend("nflows_maf")(NflowsMafFlow)
 def build_flow(
     backend: str,
     dim: int,
-    num_transforms: int,
-    hidden_layers: int = 2,
-    hidden_width: int = 64,
+    num_flows: int,
+    coupling_layers: int = 2,
+    coupling_width: int = 64,
     clamp: float = 2.0,
     strict: bool = False,
 ) -> Flow:
-    """Build a flow by back-end name; ``num_transforms=0`` gives the exact identity.
+    """Build a flow by back-end name; ``num_flows=0`` gives the exact identity.
 
     Args:
         backend: a key of ``FLOW_BACKENDS`` (``freia_allinone``, ``freia_glow``,
             ``nflows_coupling``, ``nflows_maf``, ``identity`` and aliases).
         dim: D, the event dimension.
-        num_transforms: chained transforms ("Nbr Flows", Table 5.1 of seed 000).
-        hidden_layers: hidden layers per conditioner ("Nbr Coupling Block layers").
-        hidden_width: conditioner width ("Coupling Dim").
+        num_flows: chained transforms ("Nbr Flows", Table 5.1 of seed 000).
+        coupling_layers: hidden layers per conditioner ("Nbr Coupling Block layers").
+        coupling_width: conditioner width ("Coupling Dim").
         clamp: bound on each transform's per-dimension log-scale (see module docstring).
         strict: raise ``FloatingPointError`` on non-finite outputs instead of propagating NaN.
     """
     if backend not in FLOW_BACKENDS:
         raise ValueError(f"unknown flow back end {backend!r}; registered: {', '.join(sorted(FLOW_BACKENDS))}")
-    if num_transforms < 0:
-        raise ValueError(f"num_transforms must be >= 0, got {num_transforms}")
+    if num_flows < 0:
+        raise ValueError(f"num_flows must be >= 0, got {num_flows}")
     if not clamp > 0:
         raise ValueError(f"clamp must be > 0, got {clamp}")
-    config = FlowConfig(backend, dim, num_transforms, hidden_layers, hidden_width, clamp, strict)
-    if num_transforms == 0:
+    config = FlowConfig(backend, dim, num_flows, coupling_layers, coupling_width, clamp, strict)
+    if num_flows == 0:
         return IdentityFlow(dim, strict)
     return FLOW_BACKENDS[backend](config)

@@ -12,9 +12,9 @@ DIM = 5
 BACKENDS = ["freia_allinone", "freia_glow", "nflows_coupling", "nflows_maf"]
 
 
-def make_flow(backend: str, dim: int = DIM, num_transforms: int = 3, clamp: float = 2.0) -> Flow:
+def make_flow(backend: str, dim: int = DIM, num_flows: int = 3, clamp: float = 2.0) -> Flow:
     torch.manual_seed(0)
-    flow = build_flow(backend, dim, num_transforms=num_transforms, hidden_layers=2, hidden_width=16, clamp=clamp)
+    flow = build_flow(backend, dim, num_flows=num_flows, coupling_layers=2, coupling_width=16, clamp=clamp)
     # Library inits make some blocks nearly linear; perturb the trainable parameters so the
     # map is clearly non-linear. Frozen ones (AllInOneBlock's rotation, permutations) are
     # left alone: changing them breaks invertibility (stack-probe 2a).
@@ -54,8 +54,8 @@ def test_log_det_matches_autograd_jacobian(backend, direction):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_clamping_keeps_large_inputs_finite_and_bounds_the_volume_change(backend):
-    clamp, num_transforms = 1.0, 3
-    flow = make_flow(backend, num_transforms=num_transforms, clamp=clamp).float()
+    clamp, num_flows = 1.0, 3
+    flow = make_flow(backend, num_flows=num_flows, clamp=clamp).float()
     x = 1e4 * torch.randn(64, DIM)
     y, log_det = flow(x)
     x_back, log_det_inverse = flow.inverse(y)
@@ -64,10 +64,10 @@ def test_clamping_keeps_large_inputs_finite_and_bounds_the_volume_change(backend
     # Each affine transform changes log-volume by at most clamp per dimension; AllInOneBlock
     # adds its input-independent global scaling, measured here at the origin-free bound.
     global_scale = _global_log_scale(flow)
-    assert (log_det.abs() <= num_transforms * clamp * DIM + global_scale + 1e-3).all()
+    assert (log_det.abs() <= num_flows * clamp * DIM + global_scale + 1e-3).all()
     # The same flow with the clamp effectively off overflows on these inputs: the check
     # above is a property of the clamp, not of small weights.
-    unclamped = make_flow(backend, num_transforms=num_transforms, clamp=1e6).float()
+    unclamped = make_flow(backend, num_flows=num_flows, clamp=1e6).float()
     assert not torch.isfinite(unclamped(x)[1]).all()
 
 
@@ -83,7 +83,7 @@ def _global_log_scale(flow: Flow) -> float:
 
 @pytest.mark.parametrize("backend", BACKENDS + ["identity"])
 def test_zero_transforms_is_exactly_the_identity(backend):
-    flow = build_flow(backend, DIM, num_transforms=0)
+    flow = build_flow(backend, DIM, num_flows=0)
     assert isinstance(flow, IdentityFlow)
     x = torch.randn(2, 3, DIM)
     y, log_det = flow(x)
@@ -129,7 +129,7 @@ def test_registry_names_aliases_and_errors():
 
 def test_table_5_1_hyperparameters_shape_the_conditioners():
     # mopgfm/mofop row of Table 5.1: 1 flow, 8 coupling-block layers, coupling dim 64.
-    flow = build_flow("freia_allinone", 6, num_transforms=1, hidden_layers=8, hidden_width=64)
+    flow = build_flow("freia_allinone", 6, num_flows=1, coupling_layers=8, coupling_width=64)
     linears = [m for m in flow.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 9  # 8 hidden layers + output layer, one conditioner per block
     assert all(m.out_features == 64 for m in linears[:-1])

@@ -29,7 +29,7 @@ TINY_FLOW = {"num_flows": 2, "coupling_layers": 1, "coupling_width": 8}
 
 def perturbed_flow(backend: str, dim: int, seed: int = 0):
     torch.manual_seed(seed)
-    flow = build_flow(backend, dim, num_transforms=2, hidden_layers=1, hidden_width=16)
+    flow = build_flow(backend, dim, num_flows=2, coupling_layers=1, coupling_width=16)
     with torch.no_grad():
         for parameter in flow.parameters():
             if parameter.requires_grad:  # never the frozen permutations (stack-probe 2a)

@@ -21,10 +21,15 @@ Registered names are the ones configs and sweeps use: ``poe``, ``moe``, ``mopoe`
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from torch import Tensor, nn
 
 
@@ -124,6 +129,46 @@ def build_aggregator(name: str, num_modalities: int, latent_dim: int, **options)
         known = ", ".join(sorted(AGGREGATORS))
         raise ValueError(f"unknown aggregator {name!r}; registered: {known}")
     return AGGREGATORS[name](num_modalities=num_modalities, latent_dim=latent_dim, **options)
+
+
+_STRUCTURAL = ("self", "num_modalities", "latent_dim")
+"""Constructor arguments that come from the model, not from ``aggregator_options``."""
+
+
+@functools.cache
+def options_model(name: str) -> type[BaseModel]:
+    """The typed options of aggregator ``name``: one pydantic model per aggregator, derived from
+    its constructor's annotated keyword arguments and defaults (so each option and its default
+    is written once, in the aggregator). Unknown keys are errors."""
+    cls = AGGREGATORS[name]
+    hints = typing.get_type_hints(cls.__init__)
+    fields: dict[str, Any] = {}
+    for parameter in inspect.signature(cls.__init__).parameters.values():
+        if parameter.name in _STRUCTURAL or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = ... if parameter.default is parameter.empty else parameter.default
+        fields[parameter.name] = (hints.get(parameter.name, Any), default)
+    return create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def validate_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against aggregator ``name``'s typed options, with the values as typed
+    (a YAML ``2`` for a float field becomes ``2.0``); only the given keys are returned.
+
+    Raises ``ValueError`` whose lines each name the option, what is wrong and the value given."""
+    try:
+        validated = options_model(name).model_validate(dict(options))
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = ".".join(str(part) for part in item["loc"])
+            if item["type"] == "extra_forbidden":
+                known = ", ".join(options_model(name).model_fields)
+                problems.append(f"{field}: not an option of {name} (its options: {known or 'none'})")
+            else:
+                problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+        raise ValueError("; ".join(problems)) from None
+    return {key: getattr(validated, key) for key in options}
 
 
 def subset_sizes(subsets: Tensor) -> Tensor:

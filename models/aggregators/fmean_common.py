@@ -1,7 +1,7 @@
 """Pieces shared by the learnable f-mean aggregators (thesis, seed 000, ch. 4).
 
 * ``FlowOptions``: the JSON options every f-mean aggregator takes to build its flow(s) (``flow_backend``, ``num_flows``, ``coupling_layers``,
-  ``coupling_width``, ``clamp``; Table 5.1 names in brackets in ``models.flows``).
+  ``coupling_width``, ``clamp``: the names of ``models.flows.build_flow``, Table 5.1 names there).
 * ``UNIMODAL_FAMILIES``: how an encoder's ``(mu, logvar)`` becomes a unimodal posterior
   for the sample-based models. ``gaussian`` (default, the platform's encoders) or
   ``laplace`` with the same mean and variance (``b = sqrt(var / 2)``), the family of the
@@ -55,14 +55,9 @@ class FlowOptions:
     clamp: float = 2.0
 
     def build(self, latent_dim: int) -> Flow:
-        return build_flow(
-            self.flow_backend,
-            latent_dim,
-            num_transforms=self.num_flows,
-            hidden_layers=self.coupling_layers,
-            hidden_width=self.coupling_width,
-            clamp=self.clamp,
-        )
+        # One set of names from the config to the flow: the fields are build_flow's arguments.
+        return build_flow(self.flow_backend, latent_dim, num_flows=self.num_flows, coupling_layers=self.coupling_layers,
+                          coupling_width=self.coupling_width, clamp=self.clamp)
 
 
 def _laplace_same_moments(mu: Tensor, logvar: Tensor) -> DiagonalLaplace:
