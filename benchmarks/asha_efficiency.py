@@ -141,21 +141,24 @@ def start_embedded_ray() -> dict:
 
 
 def bench_plan(study, args: argparse.Namespace):
+    from data_pipelines.polymnist.descriptor import STUDY_MODALITIES, build_offline
     from mmplatform import paths
-    from mmplatform.sweep.profiles import DatasetPlan, SweepPlan, _template
+    from mmplatform.sweep.profiles import ProfileDefaults, SweepPlan, _template
     from mmplatform.sweep.search_space import Choice
 
-    dataset = DatasetPlan(name=f"polymnist3-bench-{args.digits}", digits=args.digits, build_if_missing=True,
-                          num_modalities=3)
+    data = ProfileDefaults(folder=f"polymnist3-bench-{args.digits}",
+                           build_offline=build_offline(len(STUDY_MODALITIES), args.digits),
+                           config={"data": {"modalities": STUDY_MODALITIES}})
     return SweepPlan(
         profile="bench",
-        dataset=dataset,
+        dataset=study.descriptor,
+        data=data,
         base=_template(
-            study,
-            data={"dataset": dataset.name, "batch_size": 32, "steps_per_epoch": args.steps_per_epoch,
+            study, data,
+            data={"batch_size": 32, "steps_per_epoch": args.steps_per_epoch,
                   "loader_workers": 0, "eval_batch_size": 128},
             model={"latent_dim": 16},
-            evaluation={"sample_limit": 128, "log_likelihood_samples": 2, "min_classifier_accuracy": 0.0,
+            evaluation={"sample_limit": 128, "log_likelihood_samples": 2, "min_classifier_score": 0.0,
                         "metrics": ["log_likelihood"], "objective_weights": {"log_likelihood": 1.0}},
             scaling={"num_workers": 1},
         ),
@@ -354,7 +357,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict:
     plan = bench_plan(STUDY, args)
     start_embedded_ray()
     resources = cluster_resources()  # the embedded local Ray with the dashboard (no RAY_ADDRESS)
-    prepare_dataset(plan)
+    prepare_dataset(plan, None)
     # Create the Aim repo before two trials race to (one of them fails on a half-made repo).
     from aim import Repo
 

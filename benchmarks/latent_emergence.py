@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit, machine_facts, parse_with_smoke  # noqa: E402
 
-from data_pipelines.backgrounds import write_solid_backgrounds  # noqa: E402
+from data_pipelines.polymnist.backgrounds import write_solid_backgrounds  # noqa: E402
 from data_pipelines.polymnist import build_polymnist  # noqa: E402
 from data_pipelines.readers import EvalReader  # noqa: E402
 from mmplatform.evaluation.latent_probe import fit_probes  # noqa: E402

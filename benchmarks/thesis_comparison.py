@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--random-coherence-samples", type=int, default=1000)
     parser.add_argument("--sample-limit", type=int, default=None, help="test tuples evaluated (default: all 1,000)")
     parser.add_argument("--classifier-epochs", type=int, default=25)
-    parser.add_argument("--min-classifier-accuracy", type=float, default=0.9,
+    parser.add_argument("--min-classifier-score", type=float, default=0.9,
                         help="platform default 0.9")
     parser.add_argument("--cpus", type=float, default=2.0, help="CPUs (= torch threads) of the one Ray Train worker")
     parser.add_argument("--backgrounds", choices=["procedural", "solid"], default="procedural",
@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_with_smoke(parser, {
         "methods": ["mopoe", "poe", "mopgfm"], "work_dir": None, "digits": 100, "epochs": 1, "steps_per_epoch": 1,
         "batch_size": 16, "latent_dim": 8, "poe_latent_dim": 4, "prd_runs": 1, "probe_train_samples": 50,
-        "random_coherence_samples": 50, "sample_limit": 50, "classifier_epochs": 1, "min_classifier_accuracy": 0.0,
+        "random_coherence_samples": 50, "sample_limit": 50, "classifier_epochs": 1, "min_classifier_score": 0.0,
         "cpus": 1.0,
     }, argv)
     if args.likelihood is not None:
@@ -211,7 +211,7 @@ def build_train_config(method: str, args: argparse.Namespace, data_root: Path, c
             "random_coherence_samples": args.random_coherence_samples,
             "prd_runs": args.prd_runs,
             "classifiers_dir": str(clf_dir),
-            "min_classifier_accuracy": args.min_classifier_accuracy,
+            "min_classifier_score": args.min_classifier_score,
         },
         "scaling": {"num_workers": 1, "cpus_per_worker": args.cpus},
         "tracking": {"experiment": "thesis_comparison", "repo": str(work / "aim"),
@@ -221,9 +221,9 @@ def build_train_config(method: str, args: argparse.Namespace, data_root: Path, c
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     """Dataset and coherence classifiers, built once and reused from ``--work-dir``."""
-    from data_pipelines.backgrounds import write_solid_backgrounds
+    from data_pipelines.polymnist.backgrounds import write_solid_backgrounds
     from data_pipelines.polymnist import build_polymnist
-    from mmplatform.coherence_classifiers import METRICS_FILE, ClassifierSettings, read_accuracy, train_classifiers
+    from mmplatform.coherence_classifiers import METRICS_FILE, ClassifierSettings, read_scores, train_classifiers
 
     # Each background variant is its own dataset, with its own coherence classifiers.
     suffix = "" if args.backgrounds == "procedural" else f"_{args.backgrounds}"
@@ -243,7 +243,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict]:
         stored = json.loads((clf_dir / METRICS_FILE).read_text())
         if stored["training"].get("max_epochs") != args.classifier_epochs:
             raise ValueError("different classifier epochs")
-        accuracy = read_accuracy(clf_dir)
+        _, accuracy = read_scores(clf_dir)
         trained = False
     except Exception:
         accuracy = train_classifiers(data_root, clf_dir, ClassifierSettings(min_epochs=args.classifier_epochs,

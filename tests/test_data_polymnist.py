@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import polymnist_generator
-from data_pipelines.backgrounds import BackgroundError, procedural_backgrounds, write_solid_backgrounds
+from data_pipelines.polymnist import generator as polymnist_generator
+from data_pipelines.polymnist.backgrounds import BackgroundError, procedural_backgrounds, write_solid_backgrounds
 from data_pipelines.manifest import load_manifest
-from data_pipelines.mnist_source import MnistSourceError, load_mnist
+from data_pipelines.polymnist.mnist_source import MnistSourceError, load_mnist
 from data_pipelines.polymnist import build_polymnist, export_png_release
-from data_pipelines.polymnist_release import ReleaseError
+from data_pipelines.polymnist.release import ReleaseError
 from data_pipelines.shard_source import iterate_split
 from mmplatform.cli import main
 

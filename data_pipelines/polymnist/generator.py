@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from data_pipelines.mnist_source import DigitPool
+from data_pipelines.polymnist.mnist_source import DigitPool
 from data_pipelines.shards import Sample
 
 CROP = 28
