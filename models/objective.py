@@ -16,6 +16,22 @@ not a bound on log p(X) (``MultimodalVAE.log_likelihood`` always uses beta = 1).
 With K = 1 and a closed-form divergence from the aggregator the estimator is the analytic
 beta-ELBO ``recon - beta * divergence`` (thesis eq. 3.2, 3.8; seed 004 eq. 5), which has lower
 variance than the single-sample Monte Carlo KL.
+
+Modality-specific (style) latents (optional, ``StyleLatent``): the latent is ``(z, w_1..w_M)``
+with ``q(z, w | X) = q(z | X) prod_m q(w_m | x_m)`` and prior ``p(z) prod_m N(w_m; 0, I)``;
+``x_m`` is decoded from ``[z, w_m]`` (mmJSD's factorized ELBO, seed 004 eq. 10; MoPoE's CelebA
+runs, seed 001 eq. 34 and its ``factorized_representation`` code). Each style latent gets its
+own weight ``beta_m``, applied like beta above:
+
+    log w = sum_m lambda_m log p(x_m | z, w_m) + beta (log p(z) - log q(z | X))
+            + sum_m beta_m (log N(w_m; 0, I) - log q(w_m | x_m))
+
+so with beta = beta_m = 1 it is the IWAE bound on log p(X) under the factorized proposal.
+With K = 1 and ``analytic_divergence`` the style term is the closed form
+``- sum_m beta_m KL(q(w_m | x_m) || N(0, I))`` (seed 004 eq. 10); a single-sample log-weight is
+additive, so it is combined with either form of the shared divergence. ``beta_m`` is the whole
+weight of that KL: MoPoE's CelebA loss ``beta * beta_style * beta_m_style * KL_m`` corresponds
+to ``beta_m = 2.5 * 2 * 1 = 5`` (image) and ``2.5 * 2 * 5 = 25`` (text).
 """
 
 from __future__ import annotations
@@ -38,7 +54,23 @@ class ObjectiveOutput:
 
     terms: dict[str, Tensor] = field(default_factory=dict)
     """Scalars for logging: ``bound``, ``divergence``, ``nll/<modality>`` (negative
-    log-likelihood per sample, mean over samples), the extra losses by name, ``loss``."""
+    log-likelihood per sample, mean over samples), the extra losses by name, ``loss``, and with
+    style latents ``style_divergence/<modality>`` (the closed-form KL of ``StyleLatent``,
+    batch mean, unweighted like ``divergence``)."""
+
+
+@dataclass
+class StyleLatent:
+    """The style latent w_m of one modality present, at the samples decoded with ``z``."""
+
+    kl: Tensor
+    """``[B]`` closed-form KL(q(w_m | x_m) || N(0, I))."""
+
+    log_ratio: Tensor
+    """``[K, C, B]`` log N(w_m; 0, I) - log q(w_m | x_m) at the decoded samples."""
+
+    beta: float = 1.0
+    """Weight of this style latent's divergence (``beta_m`` in the module docstring)."""
 
 
 def logmeanexp(values: Tensor, dim: int) -> Tensor:
@@ -56,6 +88,7 @@ def multimodal_objective(
     beta: float = 1.0,
     reconstruction_weights: Mapping[str, float] | None = None,
     analytic_divergence: bool = True,
+    style_latents: Mapping[str, StyleLatent] | None = None,
 ) -> ObjectiveOutput:
     """The loss and its logged terms.
 
@@ -65,12 +98,22 @@ def multimodal_objective(
         beta: weight of the divergence (see the module docstring for K > 1).
         reconstruction_weights: ``lambda_m`` per modality (default 1), e.g. the data-size
             ratios of seed 001 Appendix B.
-        analytic_divergence: use the aggregator's closed-form divergence when K = 1.
+        analytic_divergence: use the aggregator's closed-form divergence when K = 1 (and the
+            closed-form style KLs).
+        style_latents: the style latent of every modality present, by name (``None`` or empty:
+            a model without style latents). ``log_likelihoods`` must then be log p(x_m | z, w_m).
     """
     weights = reconstruction_weights or {}
     reconstruction = sum(weights.get(name, 1.0) * value for name, value in log_likelihoods.items())
     num_samples = aggregation.z.shape[0]
     use_closed_form = analytic_divergence and num_samples == 1 and aggregation.divergence is not None
+    style_latents = style_latents or {}
+    # With one sample the log-weight is a sum, so the style KLs can be taken in closed form
+    # whatever the shared divergence uses; with K > 1 they must sit inside the logmeanexp.
+    style_closed_form = analytic_divergence and num_samples == 1
+    if style_latents and not style_closed_form:
+        style_log_weight = sum(style.beta * style.log_ratio for style in style_latents.values())
+        reconstruction = reconstruction + style_log_weight
 
     log_prior = None
     if use_closed_form:
@@ -80,6 +123,8 @@ def multimodal_objective(
         log_prior = aggregation.log_prior if aggregation.log_prior is not None else standard_normal_log_prob(aggregation.z)
         divergence = (aggregation.log_q - log_prior).mean(0)
         bound = importance_weighted_bound(reconstruction, log_prior, aggregation.log_q, beta)
+    if style_latents and style_closed_form:
+        bound = bound - sum(style.beta * style.kl for style in style_latents.values())  # [B] over [C, B]
 
     loss = -bound.mean()
     terms: dict[str, Tensor] = {}
@@ -90,5 +135,7 @@ def multimodal_objective(
     terms["divergence"] = divergence.mean().detach()
     for name, value in log_likelihoods.items():
         terms[f"nll/{name}"] = -value.mean().detach()
+    for name, style in style_latents.items():
+        terms[f"style_divergence/{name}"] = style.kl.mean().detach()
     terms["loss"] = loss.detach()
     return ObjectiveOutput(loss=loss, terms=terms)
