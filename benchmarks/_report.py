@@ -45,6 +45,33 @@ def parse_with_smoke(
     return parser.parse_args(argv)
 
 
+def samples_per_second(batches, warmup: int, steps: int, batch_size_of) -> float:
+    """Samples per second over ``steps`` batches after ``warmup`` batches (worker start-up, first
+    buffers), for the reader benchmarks; ``batch_size_of(batch)`` counts a batch's samples."""
+    import time
+
+    iterator = iter(batches)
+    for _ in range(warmup):
+        next(iterator)
+    samples = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        samples += batch_size_of(next(iterator))
+    return samples / (time.perf_counter() - start)
+
+
+def shuffled_batches(dataset, batch_size: int, workers: int):
+    """Endless seeded-shuffle batches of a map-style ``dataset`` through torch's ``DataLoader``:
+    the naive baseline the reader benchmarks compare the shard reader with."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+    while True:  # as many epochs as the step count needs
+        yield from loader
+
+
 def emit(result: dict[str, Any], out: str | Path | None) -> None:
     """Print the result as one JSON object (one line) and write it (indented) to ``out``."""
     print(json.dumps(result, default=str), flush=True)

@@ -39,24 +39,12 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit, parse_with_smoke  # noqa: E402
+from _report import emit, parse_with_smoke, samples_per_second, shuffled_batches  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data_reader.json"
 
 
 # ---------------------------------------------------------------- measured workloads (child side)
-
-
-def _consume(loader, warmup: int, steps: int, batch_size_of) -> float:
-    """Samples per second over ``steps`` batches after ``warmup`` batches (worker start, buffers)."""
-    iterator = iter(loader)
-    for _ in range(warmup):
-        next(iterator)
-    samples = 0
-    start = time.perf_counter()
-    for _ in range(steps):
-        samples += batch_size_of(next(iterator))
-    return samples / (time.perf_counter() - start)
 
 
 def _child_shards(args) -> dict:
@@ -65,13 +53,12 @@ def _child_shards(args) -> dict:
     reader = TrainReader(args.data, args.batch_size, steps_per_epoch=args.warmup + args.steps, seed=0,
                          rank=0, world_size=1)
     loader = make_loader(reader, args.workers)
-    return {"samples_per_s": _consume(loader, args.warmup, args.steps, lambda b: len(b.keys))}
+    return {"samples_per_s": samples_per_second(loader, args.warmup, args.steps, lambda b: len(b.keys))}
 
 
 def _child_png(args) -> dict:
-    import torch
     from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data import Dataset
     from torchvision import transforms
 
     class PngPolyMNIST(Dataset):
@@ -92,14 +79,8 @@ def _child_png(args) -> dict:
 
     dataset = PngPolyMNIST(Path(args.data))
 
-    def batches():
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                            num_workers=args.workers, persistent_workers=args.workers > 0,
-                            generator=torch.Generator().manual_seed(0))
-        while True:  # as many epochs as the step count needs
-            yield from loader
 
-    return {"samples_per_s": _consume(batches(), args.warmup, args.steps, lambda b: len(b[1]))}
+    return {"samples_per_s": samples_per_second(shuffled_batches(dataset, args.batch_size, args.workers), args.warmup, args.steps, lambda b: len(b[1]))}
 
 
 CHILDREN = {"shards": _child_shards, "png": _child_png}
