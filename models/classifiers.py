@@ -8,6 +8,13 @@ penultimate activations used as PRD features.
 ``polymnist_digit``: the MoPoE PolyMNIST classifier, one per modality:
 Conv(3->10,k4,s2,p1)-Dropout2d(0.5)-ReLU-Conv(10->20,k4,s2,p1)-Dropout2d(0.5)-ReLU-Flatten(980)-
 Linear(980->128)-Dropout(0.5)-ReLU-Linear(128->10), returning logits.
+
+``celeba_image_attributes`` / ``celeba_text_attributes``: MoPoE's CelebA ClfImg / ClfText (Sutter
+et al. 2021, thomassutter/MoPoE ``celeba/networks/ConvNetwork*ClfCelebA.py``): a residual feature
+extractor, Dropout(0.5), Linear(-> 40 attribute logits); its output is the PRD feature space (MoPoE's
+``get_activations``). Here the extractors are the VAE's own (``models.networks.celeba``) at width
+``CELEBA_CLASSIFIER_WIDTH`` = 32 instead of 128, so 5 x 32 = 160 features and ~1.4M / ~0.8M
+parameters, trainable on CPU; MoPoE's ClfText also widens to 7 x DIM where the encoder stops at 5.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from data_pipelines.modality import ModalitySpec
+from models.networks.celeba import (
+    FEATURE_MULTIPLIER,
+    image_feature_extractor,
+    text_feature_extractor,
+    vocabulary_size,
+)
 
 
 class PolyMNISTDigitClassifier(nn.Module):
@@ -45,6 +58,36 @@ class PolyMNISTDigitClassifier(nn.Module):
         return self.head(self.body(x))
 
 
+CELEBA_CLASSIFIER_WIDTH = 32
+"""Base width of the CelebA attribute classifiers (MoPoE: 128); features are 5x this."""
+
+
+class AttributeClassifier(nn.Module):
+    """A feature extractor ``[B, F]``, Dropout(0.5), Linear(F -> num_outputs) logits (MoPoE's Clf*)."""
+
+    def __init__(self, extractor: nn.Module, num_features: int, num_outputs: int) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(num_features, num_outputs))
+
+    def features(self, x: Tensor) -> Tensor:
+        """``[B, F]`` extractor output (the PRD feature space, MoPoE's ``get_activations``)."""
+        return self.extractor(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.extractor(x))
+
+
+def celeba_image_attribute_classifier(spec: ModalitySpec, num_outputs: int) -> AttributeClassifier:
+    extractor = image_feature_extractor(spec.shape[0], CELEBA_CLASSIFIER_WIDTH)
+    return AttributeClassifier(extractor, FEATURE_MULTIPLIER * CELEBA_CLASSIFIER_WIDTH, num_outputs)
+
+
+def celeba_text_attribute_classifier(spec: ModalitySpec, num_outputs: int) -> AttributeClassifier:
+    extractor = text_feature_extractor(vocabulary_size(spec), CELEBA_CLASSIFIER_WIDTH)
+    return AttributeClassifier(extractor, FEATURE_MULTIPLIER * CELEBA_CLASSIFIER_WIDTH, num_outputs)
+
+
 ClassifierFactory = Callable[[ModalitySpec, int], nn.Module]
 CLASSIFIERS: dict[str, ClassifierFactory] = {}
 
@@ -62,3 +105,5 @@ def build_classifier(name: str, spec: ModalitySpec, num_outputs: int) -> nn.Modu
 
 
 register_classifier("polymnist_digit", lambda spec, num_outputs: PolyMNISTDigitClassifier(spec.shape[0], num_outputs))
+register_classifier("celeba_image_attributes", celeba_image_attribute_classifier)
+register_classifier("celeba_text_attributes", celeba_text_attribute_classifier)

@@ -110,6 +110,16 @@ def check_asha_efficiency(result: dict, out: Path) -> None:
     assert result["theoretical_sync_sha"]["trial_epochs"] <= trials * epochs
 
 
+def check_celeba_data(result: dict, out: Path) -> None:
+    for key in ("build_images_per_s", "build_s", "shard_samples_per_s", "jpeg_samples_per_s", "speedup"):
+        assert positive(result[key]), (key, result[key])
+    # Rounded to 2 decimals in the report.
+    assert result["speedup"] == pytest.approx(result["shard_samples_per_s"] / result["jpeg_samples_per_s"], abs=0.006)
+    config = result["config"]
+    assert 0 < config["train_samples"] < config["built_images"] <= config["images"]
+    assert len(result["machine"]["load_average"]) == len(result["machine"]["load_average_at_start"]) == 3
+
+
 def check_data_reader(result: dict, out: Path) -> None:
     for key in ("shard_samples_per_s", "png_samples_per_s", "shard_samples_per_s_10x", "shard_peak_rss_mb",
                 "png_peak_rss_mb", "shard_peak_rss_mb_10x", "shard_peak_pss_mb", "png_peak_pss_mb",
@@ -171,6 +181,7 @@ def check_thesis_comparison(result: dict, out: Path) -> None:
 
 
 def check_train_step(result: dict, out: Path) -> None:
+    assert result.get("dataset", "polymnist") in ("polymnist", "celeba")
     for key in ("samples_per_s", "bare_samples_per_s", "ceiling_fraction", "bare_ceiling_fraction", "model_vs_bare",
                 "model_vs_bare_cpu", "ceiling_fraction_cpu", "matmul_gflops"):
         assert positive(result[key]), (key, result[key])
@@ -182,6 +193,7 @@ def check_train_step(result: dict, out: Path) -> None:
 CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "aggregator_cost": check_aggregator_cost,
     "asha_efficiency": check_asha_efficiency,
+    "celeba_data": check_celeba_data,
     "data_reader": check_data_reader,
     "evaluation": check_evaluation,
     "latent_emergence": check_latent_emergence,
@@ -205,15 +217,28 @@ def test_every_benchmark_has_checks():
     assert {path.stem for path in BENCHMARKS} == set(CHECKS), "add the new benchmark's checks to CHECKS"
 
 
-@pytest.mark.parametrize("script", BENCHMARKS, ids=[path.stem for path in BENCHMARKS])
-def test_benchmark_smoke(script: Path, tmp_path: Path, request: pytest.FixtureRequest):
+VARIANTS: dict[str, dict[str, list[str]]] = {
+    "train_step": {"celeba": ["--dataset", "celeba"]},
+}
+"""Further smoke runs of a benchmark with these arguments (a mode the default run does not take)."""
+
+RUNS = [(path, []) for path in BENCHMARKS] + [
+    (REPO / "benchmarks" / f"{stem}.py", arguments) for stem, variants in VARIANTS.items() for arguments in variants.values()
+]
+RUN_IDS = [path.stem for path in BENCHMARKS] + [
+    f"{stem}-{variant}" for stem, variants in VARIANTS.items() for variant in variants
+]
+
+
+@pytest.mark.parametrize(("script", "arguments"), RUNS, ids=RUN_IDS)
+def test_benchmark_smoke(script: Path, arguments: list[str], tmp_path: Path, request: pytest.FixtureRequest):
     env = {key: value for key, value in os.environ.items() if key not in LOCATION_ENV}
     if uses_ray(script):
         env.update(request.getfixturevalue("ray_cluster").client_env())
     out = tmp_path / "out" / f"{script.stem}.json"
     before = results_snapshot(script.stem)
     completed = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(out)],
+        [sys.executable, str(script), "--smoke", *arguments, "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
     )
     assert completed.returncode == 0, (
