@@ -158,18 +158,18 @@ def _timed_method(timers: Timers, label: str, method):
 def timed_pass(timers: Timers, model: MultimodalVAE):
     """Time the evaluator's parts without changing it: timed accumulator subclasses are
     registered under the same metric names, the model's generation methods are wrapped."""
-    saved = dict(acc.METRIC_ACCUMULATORS)
+    saved = dict(acc.ACCUMULATORS)
     for name, methods in PARTS.items():
         base = saved[name]
         attrs = {m: _timed_method(timers, label, getattr(base, m)) for m, label in methods.items()}
-        acc.METRIC_ACCUMULATORS[name] = type(f"Timed{base.__name__}", (base,), attrs)
+        acc.ACCUMULATORS[name] = type(f"Timed{base.__name__}", (base,), attrs)
     model.generate = timers.wrap("generation", model.generate)
     model.sample_prior = timers.wrap("generation", model.sample_prior)
     try:
         yield
     finally:
-        acc.METRIC_ACCUMULATORS.clear()
-        acc.METRIC_ACCUMULATORS.update(saved)
+        acc.ACCUMULATORS.clear()
+        acc.ACCUMULATORS.update(saved)
         del model.generate, model.sample_prior
 
 

@@ -321,4 +321,6 @@ def test_options_follow_the_platform_config():
     assert (options.prd.num_clusters, options.prd.num_runs, options.prd.seed) == (7, 3, 5)
     assert options.prd_feature_extractor == "inception-v3-compat"
     assert options.feature_extractor_weights_path == "/weights/inception.pth"
-    assert EvaluationOptions.from_config(EvaluationConfig()).prd_feature_extractor == "classifier"
+    from mmplatform.config import build_config
+
+    assert EvaluationOptions.from_config(build_config({}).evaluation).prd_feature_extractor == "classifier"

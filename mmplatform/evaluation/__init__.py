@@ -14,8 +14,9 @@ from mmplatform.evaluation.coherence import (
     coherence_summaries,
     register_coherence_scorer,
 )
-from mmplatform.evaluation.accumulators import METRIC_ACCUMULATORS
-from mmplatform.evaluation.evaluator import METRICS, EvaluationOptions, Evaluator
+from mmplatform.evaluation.accumulators import ACCUMULATORS
+from mmplatform.evaluation.evaluator import EvaluationOptions, Evaluator
+from mmplatform.evaluation.metrics import METRICS, Metric
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 from mmplatform.evaluation.latent_probe import LinearProbe, fit_probes
 from mmplatform.evaluation.prd import PRDCurve, PRDParameters, PRDSummary, prd_from_features, prd_summary
@@ -27,8 +28,9 @@ __all__ = [
     "coherence_scorer",
     "coherence_summaries",
     "register_coherence_scorer",
-    "METRIC_ACCUMULATORS",
+    "ACCUMULATORS",
     "METRICS",
+    "Metric",
     "EvaluationOptions",
     "EvaluationResult",
     "Evaluator",

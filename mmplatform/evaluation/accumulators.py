@@ -1,4 +1,4 @@
-"""Per-metric accumulators of the evaluation pass, registered by metric name.
+"""Per-metric accumulators of the evaluation pass, registered against ``evaluation.metrics``.
 
 An accumulator observes this rank's test batches (and prior samples), may exchange one
 payload with the other ranks (``payload`` / ``after_gather``), contributes float64 sums to the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmplatform.evaluation import metrics
+from mmplatform.evaluation.average_precision import average_precision_per_label
 from mmplatform.evaluation.coherence import CoherenceCounts, coherence_scorer, coherence_summaries
 from mmplatform.evaluation.collectives import RankInfo, all_gather_objects
 from mmplatform.evaluation.key_sample import PrioritySample, SampleState, key_priorities, merge_states
-from mmplatform.evaluation.latent_probe import LinearProbe, fit_probes
+from mmplatform.evaluation.latent_probe import LinearProbe, MultiLabelProbe, fit_multilabel_probes, fit_probes
 from mmplatform.evaluation.prd import prd_summary
 from mmplatform.evaluation.results import MetricRecord
 
@@ -165,6 +168,54 @@ class Accumulator:
         return []
 
 
+ACCUMULATORS: dict[str, type[Accumulator]] = {}
+"""Metric name (``mmplatform.evaluation.metrics``) -> the accumulator that computes it."""
+
+
+def accumulates(metric: metrics.Metric):
+    """Class decorator: ``cls`` computes the registered ``metric``."""
+    def decorator(cls: type[Accumulator]) -> type[Accumulator]:
+        if metric.name in ACCUMULATORS:
+            raise ValueError(f"metric {metric.name!r} has two accumulators")
+        ACCUMULATORS[metric.name] = cls
+        return cls
+
+    return decorator
+
+
+def accumulator_for(name: str) -> type[Accumulator]:
+    if name not in ACCUMULATORS:
+        raise KeyError(f"metric {name!r} is registered but nothing computes it (no accumulator)")
+    return ACCUMULATORS[name]
+
+
+def _train_probe_rows(ctx: PassContext, probe_train_batches: Iterable | None):
+    """The seeded sample of encoded training rows the latent probes fit on, the same on every rank."""
+    if probe_train_batches is None:
+        raise ValueError("the latent probe needs probe_train_batches (encoded training samples)")
+    options = ctx.options
+    sample = PrioritySample(options.probe_train_samples)
+    for raw in probe_train_batches:
+        inputs, labels, keys = to_device(unpack_batch(raw), ctx.device)
+        means = ctx.model.subset_posteriors(inputs).mean  # [S, B, D]
+        sample.add(key_priorities(keys, options.seed), {"means": means.transpose(0, 1), "labels": labels})
+    merged = merge_states(all_gather_objects(sample.state()), options.probe_train_samples)
+    if len(merged) == 0:
+        raise ValueError("the latent probe got no training samples")
+    return merged.rows["means"].numpy(), merged.rows["labels"].numpy()
+
+
+def _finite_means(means: np.ndarray) -> bool:
+    """A model whose posterior means overflow (a diverging trial) has no latent probe this epoch:
+    its results are left out (the objective then falls back, and ASHA stops it), not a crash."""
+    if np.isfinite(means).all():
+        return True
+    logger.warning("latent probe skipped: %d of %d encoded training rows have non-finite posterior means",
+                   int((~np.isfinite(means)).any(axis=(1, 2)).sum()), len(means))
+    return False
+
+
+@accumulates(metrics.COHERENCE)
 class CoherenceAccumulator(Accumulator):
     """Conditional coherence per (subset, modality) and random coherence (seed 000, 5.2.2)."""
 
@@ -209,16 +260,17 @@ class CoherenceAccumulator(Accumulator):
             for j, modality in enumerate(self.modalities):
                 kind = "reconstruction" if subsets[s, j] else "missing"
                 records.append(MetricRecord(
-                    "coherence", float(accuracy[s, j]), self.ctx.context(kind=kind, subset=subset, modality=modality)
+                    metrics.COHERENCE.result, float(accuracy[s, j]), self.ctx.context(kind=kind, subset=subset, modality=modality)
                 ))
         for kind, value in coherence_summaries(accuracy, subsets).items():
-            records.append(MetricRecord("coherence", value, self.ctx.context(kind=kind)))
+            records.append(MetricRecord(metrics.COHERENCE.result, value, self.ctx.context(kind=kind)))
         random_hits, random_total = reduced[2 * n:].tolist()
         if random_total > 0:
-            records.append(MetricRecord("coherence", random_hits / random_total, self.ctx.context(kind="random")))
+            records.append(MetricRecord(metrics.COHERENCE.result, random_hits / random_total, self.ctx.context(kind="random")))
         return records
 
 
+@accumulates(metrics.LATENT_PROBE)
 class LatentProbeAccumulator(Accumulator):
     """Logistic-regression accuracy per subset posterior mean (seed 000, 5.2.1)."""
 
@@ -230,21 +282,14 @@ class LatentProbeAccumulator(Accumulator):
         self.total = torch.zeros(num_subsets, dtype=torch.float64)
 
     def prepare(self, probe_train_batches: Iterable | None) -> None:
-        if probe_train_batches is None:
-            raise ValueError("the latent probe needs probe_train_batches (encoded training samples)")
-        options = self.ctx.options
-        sample = PrioritySample(options.probe_train_samples)
-        for raw in probe_train_batches:
-            inputs, labels, keys = to_device(unpack_batch(raw), self.ctx.device)
-            means = self.ctx.model.subset_posteriors(inputs).mean  # [S, B, D]
-            sample.add(key_priorities(keys, options.seed), {"means": means.transpose(0, 1), "labels": labels})
-        merged = merge_states(all_gather_objects(sample.state()), options.probe_train_samples)
-        if len(merged) == 0:
-            raise ValueError("the latent probe got no training samples")
-        self.probes = fit_probes(merged.rows["means"].numpy(), merged.rows["labels"].numpy(), options.probe_max_iter)
+        means, labels = _train_probe_rows(self.ctx, probe_train_batches)
+        if _finite_means(means):
+            self.probes = fit_probes(means, labels, self.ctx.options.probe_max_iter)
 
     def observe(self, batch: EvalBatch) -> None:
-        means = batch.posterior_means.float().cpu().numpy()
+        if not self.probes:
+            return
+        means = np.nan_to_num(batch.posterior_means.float().cpu().numpy())  # scored, never fitted on
         labels = batch.labels.cpu().numpy()
         for s, probe in enumerate(self.probes):
             hits = probe.hits(means[s], labels)
@@ -261,16 +306,18 @@ class LatentProbeAccumulator(Accumulator):
             return []
         accuracy = (hits / total).tolist()
         records = [
-            MetricRecord("latent_accuracy", value, self.ctx.context(subset=subset))
+            MetricRecord(metrics.LATENT_PROBE.result, value, self.ctx.context(subset=subset))
             for subset, value in zip(self.ctx.subset_names, accuracy)
         ]
-        records.append(MetricRecord("latent_accuracy", float(np.mean(accuracy)), self.ctx.context(kind="all")))
+        records.append(MetricRecord(metrics.LATENT_PROBE.result, float(np.mean(accuracy)), self.ctx.context(kind="all")))
         return records
 
 
-PRD_VALUES = ("prd", "prd_f8", "prd_f1_8")
+PRD_VALUES = (metrics.PRD.result, "prd_f8", "prd_f1_8")
+"""The PRD scalar and the two F-beta summaries of Sajjadi et al. (F8 recall-weighted, F1/8 precision-weighted)."""
 
 
+@accumulates(metrics.PRD)
 class PRDAccumulator(Accumulator):
     """PRD (Sajjadi et al. 2018) of generated vs real features per (subset, modality) and of
     prior samples vs real per modality, summarized like coherence (thesis Table 6.3)."""
@@ -334,6 +381,9 @@ class PRDAccumulator(Accumulator):
             logger.warning("PRD skipped for %s: %d samples cannot fill %d clusters",
                            modality, n, self.ctx.options.prd.num_clusters)
             return [math.nan] * len(PRD_VALUES)
+        if not np.isfinite(generated[:n]).all():
+            logger.warning("PRD skipped for %s: the model generated non-finite samples", modality)
+            return [math.nan] * len(PRD_VALUES)
         summary = prd_summary(generated[:n], real[:n], self.ctx.options.prd)
         return [summary.score, summary.f_8, summary.f_1_8]
 
@@ -364,6 +414,7 @@ class PRDAccumulator(Accumulator):
         return records
 
 
+@accumulates(metrics.LOG_LIKELIHOOD)
 class LogLikelihoodAccumulator(Accumulator):
     """Mean importance-sampled log p(X) over the test samples (MoPoE: K = 12)."""
 
@@ -380,12 +431,139 @@ class LogLikelihoodAccumulator(Accumulator):
 
     def records(self, reduced: Tensor) -> list[MetricRecord]:
         total, count = reduced.tolist()
-        return [MetricRecord("log_likelihood", total / count, self.ctx.context())] if count > 0 else []
+        return [MetricRecord(metrics.LOG_LIKELIHOOD.result, total / count, self.ctx.context())] if count > 0 else []
 
 
-METRIC_ACCUMULATORS: dict[str, type[Accumulator]] = {
-    "coherence": CoherenceAccumulator,
-    "latent_probe": LatentProbeAccumulator,
-    "prd": PRDAccumulator,
-    "log_likelihood": LogLikelihoodAccumulator,
-}
+class _AveragePrecisionAccumulator(Accumulator):
+    """Average precision per attribute of scores kept for every evaluated tuple, per group.
+
+    A group is one scored view of the test tuples (a (subset, modality) pair of generations, a
+    subset's latent probe). Average precision is not a sum over samples: the ranks gather their
+    ``[N, A]`` scores and labels (one collective), each rank computes every world_size-th group,
+    and the all-reduce assembles the ``[groups, A]`` table."""
+
+    def __init__(self, ctx: PassContext, num_groups: int) -> None:
+        super().__init__(ctx)
+        self.num_groups = num_groups
+        self.scores: list[list[Tensor]] = [[] for _ in range(num_groups)]
+        self.labels: list[Tensor] = []
+        self.values: Tensor | None = None
+
+    def keep(self, group_scores: Sequence[Tensor], labels: Tensor) -> None:
+        for group, scores in enumerate(group_scores):
+            self.scores[group].append(scores.float().cpu())
+        self.labels.append(labels.cpu())
+
+    def payload(self) -> Any:
+        return [torch.cat(s) if s else None for s in self.scores], torch.cat(self.labels) if self.labels else None
+
+    def after_gather(self, payloads: list[Any]) -> None:
+        labels = [p[1] for p in payloads if p[1] is not None]
+        num_labels = len(self.ctx.options.label_names)
+        self.values = torch.zeros(self.num_groups, num_labels, dtype=torch.float64)
+        if not labels:
+            self.values[:] = math.nan
+            return
+        labels_all = torch.cat(labels).numpy()
+        rank = self.ctx.rank
+        for group in range(rank.rank, self.num_groups, rank.world_size):
+            scores = torch.cat([p[0][group] for p in payloads if p[0][group] is not None]).numpy()
+            self.values[group] = torch.from_numpy(average_precision_per_label(scores, labels_all))
+
+    def sums(self) -> Tensor:
+        if self.values is None:  # the pass gathers only when some accumulator has a payload
+            raise RuntimeError("average precision needs the gathered scores")
+        # NaN (an attribute without positives) only on the rank that owns the group; others add 0.
+        return self.values.flatten()
+
+    def table(self, reduced: Tensor) -> np.ndarray:
+        return reduced.reshape(self.num_groups, -1).numpy()
+
+    def attribute_records(self, name: str, rows: np.ndarray, kind: str) -> list[MetricRecord]:
+        """The per-attribute view in Aim: each attribute's AP averaged over ``rows``."""
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_attribute = np.nanmean(rows, axis=0)
+        return [
+            MetricRecord(name, float(value), self.ctx.context(kind=kind, attribute=attribute))
+            for attribute, value in zip(self.ctx.options.label_names, per_attribute) if np.isfinite(value)
+        ]
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+@accumulates(metrics.COHERENCE_AP)
+class CoherenceAveragePrecisionAccumulator(_AveragePrecisionAccumulator):
+    """Conditional coherence of multi-label data (MoPoE's CelebA protocol): for every (subset,
+    modality) pair, the average precision of each attribute of the generated samples under the
+    modality's classifier, against the attributes of the tuple they came from. There is no
+    random coherence for attributes: agreement of prior samples is a single-label notion."""
+
+    def __init__(self, ctx: PassContext) -> None:
+        self.modalities = [m for m in ctx.modality_names if m in ctx.classifiers]
+        if not self.modalities:
+            raise ValueError("coherence needs a classifier for at least one modality")
+        self.pairs = [(s, m) for s in range(len(ctx.subset_names)) for m in self.modalities]
+        super().__init__(ctx, len(self.pairs))
+
+    def observe(self, batch: EvalBatch) -> None:
+        logits = {m: batch.generated_logits(m) for m in self.modalities}  # [S, B, A]
+        self.keep([logits[m][s] for s, m in self.pairs], batch.labels)
+
+    def records(self, reduced: Tensor) -> list[MetricRecord]:
+        table = self.table(reduced)
+        records, by_kind = [], {"missing": [], "reconstruction": [], "all": []}
+        for (subset, modality), row in zip(self.pairs, table):
+            present = self.ctx.subsets[subset, self.ctx.modality_names.index(modality)]
+            kind = "reconstruction" if present else "missing"
+            value = _nanmean(row)
+            if math.isfinite(value):
+                records.append(MetricRecord(metrics.COHERENCE_AP.result, value, self.ctx.context(
+                    kind=kind, subset=self.ctx.subset_names[subset], modality=modality)))
+            by_kind[kind].append(row)
+            by_kind["all"].append(row)
+        for kind, rows in by_kind.items():
+            if rows:
+                stacked = np.stack(rows)
+                value = _nanmean(np.array([_nanmean(row) for row in stacked]))
+                if math.isfinite(value):
+                    records.append(MetricRecord(metrics.COHERENCE_AP.result, value, self.ctx.context(kind=kind)))
+                records.extend(self.attribute_records(metrics.COHERENCE_AP.result, stacked, kind))
+        return records
+
+
+@accumulates(metrics.LATENT_PROBE_AP)
+class LatentProbeAveragePrecisionAccumulator(_AveragePrecisionAccumulator):
+    """The latent probe of multi-label data (MoPoE's CelebA protocol): per subset, one logistic
+    regression per attribute on the posterior means, scored by average precision per attribute."""
+
+    def __init__(self, ctx: PassContext) -> None:
+        super().__init__(ctx, len(ctx.subset_names))
+        self.probes: list[MultiLabelProbe] = []
+
+    def prepare(self, probe_train_batches: Iterable | None) -> None:
+        means, labels = _train_probe_rows(self.ctx, probe_train_batches)
+        if _finite_means(means):
+            self.probes = fit_multilabel_probes(means, labels, self.ctx.options.probe_max_iter)
+
+    def observe(self, batch: EvalBatch) -> None:
+        if not self.probes:
+            return
+        means = np.nan_to_num(batch.posterior_means.float().cpu().numpy())  # scored, never fitted on
+        self.keep([torch.from_numpy(probe.scores(means[s])) for s, probe in enumerate(self.probes)], batch.labels)
+
+    def records(self, reduced: Tensor) -> list[MetricRecord]:
+        table = self.table(reduced)
+        per_subset = [_nanmean(row) for row in table]
+        records = [
+            MetricRecord(metrics.LATENT_PROBE_AP.result, value, self.ctx.context(subset=subset))
+            for subset, value in zip(self.ctx.subset_names, per_subset) if math.isfinite(value)
+        ]
+        mean = _nanmean(np.array(per_subset))
+        if math.isfinite(mean):
+            records.append(MetricRecord(metrics.LATENT_PROBE_AP.result, mean, self.ctx.context(kind="all")))
+        records.extend(self.attribute_records(metrics.LATENT_PROBE_AP.result, table, "all"))
+        return records

@@ -16,8 +16,9 @@ code gives the single-process result. The samples kept for the probe and PRD are
 seeded hash of the sample keys (``key_sample``), and the prior samples by their global index
 from per-chunk seeds, so the result does not depend on the number of ranks either.
 
-Metrics are accumulators registered by name in ``METRIC_ACCUMULATORS`` (the names of
-``EvaluationConfig.metrics``). The model API used: ``generate``, ``sample_prior``,
+Metrics are registered in ``mmplatform.evaluation.metrics`` and computed by the accumulators
+registered against them (``accumulators.ACCUMULATORS``); a requested metric without one is an
+error when the options are built, never skipped. The model API used: ``generate``, ``sample_prior``,
 ``subset_posteriors(...).mean``, ``log_likelihood``, ``modality_names``, ``subsets``,
 ``subset_names``.
 """
@@ -34,8 +35,8 @@ import torch
 from torch import nn
 
 from mmplatform.evaluation.accumulators import (
-    METRIC_ACCUMULATORS,
     Accumulator,
+    accumulator_for,
     EvalBatch,
     PassContext,
     PriorChunk,
@@ -43,19 +44,23 @@ from mmplatform.evaluation.accumulators import (
     unpack_batch,
 )
 from mmplatform.evaluation.collectives import RankInfo, all_gather_objects, all_reduce_sum
+from mmplatform.evaluation.metrics import METRICS, PRD, unknown_metrics
 from mmplatform.evaluation.prd import PRDParameters
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 
-METRICS = ("coherence", "latent_probe", "prd", "log_likelihood")
+SINGLE_LABEL_METRICS = tuple(name for name, metric in METRICS.items() if "single" in metric.label_kinds)
+"""The default of ``EvaluationOptions`` (which tests and benchmarks build directly)."""
 
 
 @dataclass(frozen=True)
 class EvaluationOptions:
     """What one evaluation pass computes; ``from_config`` reads ``EvaluationConfig``."""
 
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = SINGLE_LABEL_METRICS
     split: str = "test"
     label_kind: str = "single"
+    label_names: tuple[str, ...] = ()
+    """Names of the attributes of multi-label data (the per-attribute contexts in Aim)."""
     probe_train_samples: int = 1000
     probe_max_iter: int = 1000
     random_coherence_samples: int = 1000
@@ -75,9 +80,13 @@ class EvaluationOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.metrics) - set(METRIC_ACCUMULATORS))
+        unknown = unknown_metrics(self.metrics)
         if unknown:
-            raise ValueError(f"unknown metrics {unknown}; registered: {sorted(METRIC_ACCUMULATORS)}")
+            raise ValueError(f"unknown metrics {unknown}; registered: {sorted(METRICS)}")
+        for name in self.metrics:
+            accumulator_for(name)
+            if self.label_kind not in METRICS[name].label_kinds:
+                raise ValueError(f"metric {name!r} cannot score {self.label_kind}-label data")
         for name in ("probe_train_samples", "prior_batch_size", "log_likelihood_samples", "prd_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -85,7 +94,7 @@ class EvaluationOptions:
             raise ValueError("random_coherence_samples must be >= 0")
 
     @classmethod
-    def from_config(cls, config: Any, *, seed: int = 0, label_kind: str = "single", **overrides) -> "EvaluationOptions":
+    def from_config(cls, config: Any, *, seed: int = 0, label_kind: str = "single", label_names=(), **overrides) -> "EvaluationOptions":
         """From ``mmplatform.config.EvaluationConfig`` (or anything with its field names)."""
         weights = getattr(config, "feature_extractor_weights", None)
         values = dict(
@@ -103,6 +112,7 @@ class EvaluationOptions:
             prd_samples=min(config.prd_samples, config.sample_limit or config.prd_samples),
             seed=seed,
             label_kind=label_kind,
+            label_names=tuple(label_names),
         )
         values.update(overrides)
         return cls(**values)
@@ -137,7 +147,7 @@ class Evaluator:
         self.classifiers = dict(classifiers or {})
         for classifier in self.classifiers.values():
             classifier.eval()
-        if image_features is None and "prd" in options.metrics:
+        if image_features is None and PRD.name in options.metrics:
             from mmplatform.evaluation.feature_extractors import build_modality_features
 
             modalities = options.prd_modalities or tuple(self.classifiers)
@@ -178,7 +188,7 @@ class Evaluator:
             model.train(was_training)
 
     def _run(self, ctx: PassContext, eval_batches: Iterable, probe_train_batches: Iterable | None) -> EvaluationResult:
-        accumulators = [(name, METRIC_ACCUMULATORS[name](ctx)) for name in METRICS if name in self.options.metrics]
+        accumulators = [(name, accumulator_for(name)(ctx)) for name in self.options.metrics]
         for _, accumulator in accumulators:
             accumulator.prepare(probe_train_batches)
 

@@ -14,8 +14,8 @@ duplicates add no information, and for 1000 of 60000 rows the two differ by ~8 d
 The classifier is scikit-learn's ``LogisticRegression(max_iter=1000)`` with the lbfgs solver
 as in MoPoE (``random_state=0``, ignored by lbfgs but kept for solvers that use it).
 
-Single-label only: multi-label datasets need one probe per label and average precision
-(MoPoE on CelebA), which is not implemented yet.
+Multi-label datasets (CelebA's attributes) get one probe per attribute (``MultiLabelProbe``),
+scored by average precision of its probabilities as MoPoE does on CelebA.
 """
 
 from __future__ import annotations
@@ -60,6 +60,37 @@ class LinearProbe:
         """``[N]`` 1.0 where the prediction is the label (summable across ranks)."""
         features, labels = _check(features, labels)
         return (self.predict(features) == labels).astype(np.float64)
+
+
+class MultiLabelProbe:
+    """One ``LinearProbe`` per attribute of multi-hot labels ``[N, A]``; ``scores`` are the
+    positive-class probabilities ``[N, A]`` (an attribute seen with one value only scores that
+    value, 0 or 1, for every row)."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, max_iter: int) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"a multi-label probe needs labels [N, A], got shape {labels.shape}")
+        self.probes = [LinearProbe(features, labels[:, a], max_iter) for a in range(labels.shape[1])]
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features, dtype=np.float64)
+        columns = []
+        for probe in self.probes:
+            if probe._model is None:
+                columns.append(np.full(len(features), float(probe._constant)))
+            else:
+                positive = list(probe._model.classes_).index(1)
+                columns.append(probe._model.predict_proba(features)[:, positive])
+        return np.stack(columns, axis=1)
+
+
+def fit_multilabel_probes(train_means: np.ndarray, train_labels: np.ndarray, max_iter: int) -> list[MultiLabelProbe]:
+    """One multi-label probe per subset from ``train_means`` ``[N, S, D]`` and labels ``[N, A]``."""
+    train_means = np.asarray(train_means)
+    if train_means.ndim != 3:
+        raise ValueError(f"training means must be [N, S, D], got shape {train_means.shape}")
+    return [MultiLabelProbe(train_means[:, s], train_labels, max_iter) for s in range(train_means.shape[1])]
 
 
 def fit_probes(train_means: np.ndarray, train_labels: np.ndarray, max_iter: int) -> list[LinearProbe]:

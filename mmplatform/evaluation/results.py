@@ -5,7 +5,8 @@ Naming: ``MetricRecord.name`` is the metric (``coherence``, ``prd``, ``prd_f8``,
 value it is (``split``; ``kind`` in missing / reconstruction / random / all; ``subset``;
 ``modality``): the Aim view. ``flat_name`` folds the context into one key for
 ``ray.train.report`` and Tune: ``coherence_missing``, ``coherence_missing/m0_m1/m2``,
-``latent_accuracy/m0``, ``prd_random/m1``.
+``latent_accuracy/m0``, ``prd_random/m1``, ``coherence_ap_missing/Smiling`` (per attribute);
+training terms (``split`` ``train``) are ``train/<name>[/modality]``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ class MetricRecord:
 
     @property
     def flat_name(self) -> str:
-        """``name[_kind][/subset][/modality]``: unique within a pass, stable across runs."""
+        """``[train/]name[_kind][/subset][/modality][/attribute]``: unique within an epoch, stable across runs."""
         kind = self.context.get("kind")
         flat = self.name if kind in (None, "all") else f"{self.name}_{kind}"
-        for part in ("subset", "modality"):
+        if self.context.get("split") == "train":
+            flat = f"train/{flat}"
+        for part in ("subset", "modality", "attribute"):
             if part in self.context:
                 flat += f"/{self.context[part]}"
         return flat
