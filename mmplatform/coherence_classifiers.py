@@ -1,14 +1,18 @@
 """Coherence classifiers: one per modality, trained on the shards by the platform itself.
 
 Coherence (and the default PRD features) are only as trustworthy as these classifiers, so
-they are stored together with their measured test accuracy (``classifiers.json``) and a
-training refuses to evaluate with classifiers whose accuracy is unknown or below
-``evaluation.min_classifier_accuracy``. Training runs on Ray Train like the VAEs: DDP over
-all modalities' classifiers at once, the exact test accuracy from one all-reduce.
+they are stored together with their measured test score (``classifiers.json``) and a
+training refuses to evaluate with classifiers whose score is unknown or below
+``evaluation.min_classifier_score``. What a dataset's classifiers are comes from its descriptor:
+the architecture per modality, and from its label kind the loss (cross-entropy for classes,
+binary cross-entropy for attributes) and the gated score (accuracy, or mean average precision
+per attribute). Training runs on Ray Train like the VAEs: DDP over all modalities' classifiers
+at once; the test score is computed from the gathered test logits, so it is exact on any number
+of ranks.
 
-Training is gated, not fixed-length: after every epoch the test accuracy of every modality is
-measured and shown, and training stops as soon as all of them pass ``min_accuracy`` (or at
-``max_epochs``). A run that hits the cap still stores what it trained, with its accuracy, and
+Training is gated, not fixed-length: after every epoch the test score of every modality is
+measured and shown, and training stops as soon as all of them pass ``min_score`` (or at
+``max_epochs``). A run that hits the cap still stores what it trained, with its score, and
 the driver fails with one line naming the weak modality and the command that trains longer, so
 a user is never left with a gate they cannot pass by rerunning the same thing.
 """
@@ -26,22 +30,25 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
+import numpy as np
 from torch import nn
 from torch.nn import functional as F
 
+from data_pipelines.datasets import dataset_descriptor
 from data_pipelines.manifest import Manifest, load_manifest
 from mmplatform.classifier_gate import (  # noqa: F401  (re-exported: the gate is part of this API)
     DEFAULT_MAX_EPOCHS,
     METRICS_FILE,
     ClassifierError,
     ClassifierSettings,
-    check_accuracy,
+    check_scores,
     progress_line,
-    read_accuracy,
+    read_scores,
     train_more_command,
     weak_modalities,
 )
+from mmplatform.evaluation.average_precision import mean_average_precision
+from mmplatform.evaluation.collectives import all_gather_objects
 from models.classifiers import build_classifier
 
 WEIGHTS_FILE = "classifiers.pt"
@@ -56,19 +63,34 @@ class ClassifierBank(nn.ModuleDict):
         return {name: self[name](x) for name, x in inputs.items()}
 
 
-CLASSIFIER_BY_DATASET = {"polymnist": "polymnist_digit"}
-"""Which registered classifier (``models.classifiers``) judges each dataset's modalities."""
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels.long())
+
+
+def _binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+LOSSES = {"cross_entropy": _cross_entropy, "binary_cross_entropy": _binary_cross_entropy}
+"""Training loss of a label kind's classifiers (``LabelKindRules.classifier_loss``)."""
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean()) if len(labels) else float("nan")
+
+
+SCORES = {"accuracy": _accuracy, "mean_average_precision": mean_average_precision}
+"""Test score that gates a label kind's classifiers (``LabelKindRules.classifier_score``)."""
 
 
 def _classifier_bank(manifest: Manifest) -> ClassifierBank:
-    if manifest.dataset not in CLASSIFIER_BY_DATASET:
-        raise ClassifierError(
-            f"no coherence classifier registered for dataset {manifest.dataset!r}; "
-            f"known: {sorted(CLASSIFIER_BY_DATASET)}"
-        )
-    name = CLASSIFIER_BY_DATASET[manifest.dataset]
+    try:
+        descriptor = dataset_descriptor(manifest.dataset)
+        architectures = {spec.name: descriptor.classifier_for(spec.name).architecture for spec in manifest.modalities}
+    except KeyError as error:
+        raise ClassifierError(f"no coherence classifier for the shards at {manifest.split_dir}: {error.args[0]}") from None
     return ClassifierBank({
-        spec.name: build_classifier(name, spec, len(manifest.label_names))
+        spec.name: build_classifier(architectures[spec.name], spec, len(manifest.label_names))
         for spec in manifest.modalities
     })
 
@@ -84,6 +106,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(settings.seed + rank)
 
     manifest = load_manifest(data_root / "train")
+    rules = dataset_descriptor(manifest.dataset).label_rules
+    loss_fn = LOSSES[rules.classifier_loss]
     bank = _classifier_bank(manifest).to(device)
     model = ray.train.torch.prepare_model(bank) if world_size > 1 else bank
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
@@ -97,47 +121,51 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         for batch in make_loader(reader, settings.loader_workers):
             labels = batch.labels.to(device)
             logits = model({name: x.to(device) for name, x in batch.inputs.items()})
-            loss = sum(F.cross_entropy(value, labels) for value in logits.values())
+            loss = sum(loss_fn(value, labels) for value in logits.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        # Every rank measures (one all-reduce) and so every rank takes the same decision.
-        accuracy = test_accuracy(bank, test_reader, device)
-        passed = not weak_modalities(accuracy, settings.min_accuracy)
+        # Every rank computes the score from the same gathered logits, so every rank decides alike.
+        scores = test_scores(bank, test_reader, device, rules.classifier_score)
+        passed = not weak_modalities(scores, settings.min_score)
         if rank == 0:
             # A log record, not print(): Train V2 tees a worker's print() into its logger, and
             # the driver would show every progress line twice.
-            logger.info(progress_line(epoch, settings, accuracy))
+            logger.info(progress_line(epoch, settings, rules.classifier_score, scores))
         if passed and epoch >= settings.min_epochs:
             break
     if rank == 0:
-        save_classifiers(bank, manifest, accuracy, settings, out_dir, epochs_trained=epoch)
-    ray.train.report({f"accuracy/{name}": value for name, value in accuracy.items()})
+        save_classifiers(bank, manifest, rules.classifier_score, scores, settings, out_dir, epochs_trained=epoch)
+    ray.train.report({f"{rules.classifier_score}/{name}": value for name, value in scores.items()})
 
 
 
 @torch.no_grad()
-def test_accuracy(bank: ClassifierBank, reader, device) -> dict[str, float]:
-    """Exact accuracy over the whole test split: rank-sharded counts, one all-reduce."""
+def test_scores(bank: ClassifierBank, reader, device, score_name: str) -> dict[str, float]:
+    """The exact test score of every modality's classifier: each rank classifies its part of the
+    test split, then the logits and labels of all ranks are gathered (one collective)."""
     from data_pipelines.readers import make_loader
 
     bank.eval()
     names = sorted(bank.keys())
-    counts = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
+    logits: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    labels: list[torch.Tensor] = []
     for batch in make_loader(reader, 0):
-        labels = batch.labels.to(device)
-        logits = bank({name: batch.inputs[name].to(device) for name in names})
-        for index, name in enumerate(names):
-            counts[index] += (logits[name].argmax(-1) == labels).sum()
-        counts[-1] += labels.numel()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(counts)
-    total = max(counts[-1].item(), 1.0)
-    return {name: counts[index].item() / total for index, name in enumerate(names)}
+        outputs = bank({name: batch.inputs[name].to(device) for name in names})
+        for name in names:
+            logits[name].append(outputs[name].float().cpu())
+        labels.append(batch.labels)
+    local = ({name: torch.cat(values) if values else torch.zeros(0) for name, values in logits.items()},
+             torch.cat(labels) if labels else torch.zeros(0))
+    gathered = all_gather_objects(local)
+    all_labels = torch.cat([part[1] for part in gathered]).numpy()
+    score = SCORES[score_name]
+    return {name: score(torch.cat([part[0][name] for part in gathered]).numpy(), all_labels) for name in names}
 
 
 def save_classifiers(
-    bank, manifest: Manifest, accuracy, settings: ClassifierSettings, out_dir: Path, epochs_trained: int
+    bank, manifest: Manifest, score_name: str, scores: dict[str, float], settings: ClassifierSettings, out_dir: Path,
+    epochs_trained: int,
 ) -> None:
     """Write weights and metrics atomically: a reader sees both or neither."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +175,8 @@ def save_classifiers(
         "dataset": manifest.dataset,
         "label_names": list(manifest.label_names),
         "modalities": [spec.to_json() for spec in manifest.modalities],
-        "test_accuracy": accuracy,
+        "score": score_name,
+        "test_score": scores,
         "epochs_trained": epochs_trained,
         "training": settings.__dict__,
     }
@@ -158,9 +187,9 @@ def save_classifiers(
 
 
 def train_classifiers(data_root: Path, out_dir: Path, settings: ClassifierSettings) -> dict[str, float]:
-    """Train until every modality passes ``settings.min_accuracy`` or ``max_epochs`` is reached.
+    """Train until every modality passes ``settings.min_score`` or ``max_epochs`` is reached.
 
-    Returns the stored test accuracy; raises ``ClassifierError`` (after storing the classifiers)
+    Returns the stored test scores; raises ``ClassifierError`` (after storing the classifiers)
     when the cap was reached with a modality still below the gate.
     """
     from ray.train.torch import TorchTrainer
@@ -176,17 +205,17 @@ def train_classifiers(data_root: Path, out_dir: Path, settings: ClassifierSettin
         ),
     )
     trainer.fit()
-    # Rank 0 wrote the classifiers with their accuracy; that file is the record, not Ray's result.
-    accuracy = read_accuracy(out_dir)
-    weak = weak_modalities(accuracy, settings.min_accuracy)
+    # Rank 0 wrote the classifiers with their score; that file is the record, not Ray's result.
+    score_name, scores = read_scores(out_dir)
+    weak = weak_modalities(scores, settings.min_score)
     if weak:
         name, value = min(weak.items(), key=lambda item: item[1])
         raise ClassifierError(
-            f"coherence classifier for {name} reached test accuracy {value:.3f} < {settings.min_accuracy:g} "
+            f"coherence classifier for {name} reached test {score_name} {value:.3f} < {settings.min_score:g} "
             f"after {settings.max_epochs} epochs (the cap); train longer with: "
             f"{train_more_command(data_root, out_dir, settings)}"
         )
-    return accuracy
+    return scores
 
 
 def load_classifiers(classifiers_dir: Path, manifest: Manifest, modalities: list[str], device="cpu") -> dict[str, nn.Module]:

@@ -31,14 +31,14 @@ def polymnist_classifiers(ray_cluster, polymnist_shards, tmp_path_factory) -> Pa
     out = tmp_path_factory.mktemp("classifiers") / "polymnist"
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "mmplatform"), "classifiers", "train", "--data", str(polymnist_shards),
-         "--out", str(out), "--max-epochs", "1", "--min-accuracy", "0", "--batch-size", "16"],
+         "--out", str(out), "--max-epochs", "1", "--min-score", "0", "--batch-size", "16"],
         env={**os.environ, **ray_cluster.client_env()}, capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     # Ray streams worker log lines to stdout too; the report is the JSON block printed last.
     report = json.loads(completed.stdout[[m.start() for m in re.finditer(r"^\{", completed.stdout, re.M)][-1]:])
-    assert set(report["test_accuracy"]) == {"m0", "m1", "m2"}
-    assert all(0.0 <= value <= 1.0 for value in report["test_accuracy"].values())
+    assert set(report["test_score"]) == {"m0", "m1", "m2"}
+    assert all(0.0 <= value <= 1.0 for value in report["test_score"].values())
     assert (out / "classifiers.pt").exists() and (out / "classifiers.json").exists()
     return out
 
@@ -51,7 +51,7 @@ def tiny_config(tmp_path: Path, shards: Path, classifiers: Path, repo: str, **se
                  "eval_batch_size": 32},
         "model": {"aggregator": "mopoe", "latent_dim": 8},
         "training": {"epochs": 2},
-        "evaluation": {"classifiers_dir": str(classifiers), "min_classifier_accuracy": 0.0,
+        "evaluation": {"classifiers_dir": str(classifiers), "min_classifier_score": 0.0,
                        "probe_train_samples": 20, "random_coherence_samples": 16, "log_likelihood_samples": 2,
                        "prd_clusters": 4, "prd_angles": 51, "prd_runs": 1},
         "scaling": {"num_workers": 2},
@@ -162,18 +162,19 @@ def test_classifiers_below_the_bar_or_unmeasured_are_refused(polymnist_shards, t
     from data_pipelines.manifest import load_manifest
 
     config = tiny_config(tmp_path, polymnist_shards, tmp_path / "none", "unused",
-                         evaluation={"min_classifier_accuracy": 0.9})
+                         evaluation={"min_classifier_score": 0.9})
     with pytest.raises(ClassifierError, match="mmplatform classifiers train"):
         preflight(config)
 
     manifest = load_manifest(polymnist_shards / "train")
     weak = {"m0": 0.95, "m1": 0.5, "m2": 0.97}
-    save_classifiers(_classifier_bank(manifest), manifest, weak, ClassifierSettings(), tmp_path / "weak", epochs_trained=1)
+    save_classifiers(_classifier_bank(manifest), manifest, "accuracy", weak, ClassifierSettings(), tmp_path / "weak",
+                     epochs_trained=1)
     config = tiny_config(tmp_path, polymnist_shards, tmp_path / "weak", "unused",
-                         evaluation={"min_classifier_accuracy": 0.9})
-    with pytest.raises(ClassifierError, match=r"min_classifier_accuracy=0.9: m1=0.500"):
+                         evaluation={"min_classifier_score": 0.9})
+    with pytest.raises(ClassifierError, match=r"min_classifier_score=0.9 \(test accuracy\): m1=0.500"):
         preflight(config)
     # Without coherence or PRD no classifier is needed.
     preflight(tiny_config(tmp_path, polymnist_shards, tmp_path / "weak", "unused",
-                          evaluation={"min_classifier_accuracy": 0.9, "metrics": ["latent_probe"]}))
+                          evaluation={"min_classifier_score": 0.9, "metrics": ["latent_probe"]}))
     assert torch.load(tmp_path / "weak" / "classifiers.pt", weights_only=True).keys() == {"m0", "m1", "m2"}
