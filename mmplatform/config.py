@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from data_pipelines.datasets import DEFAULT_DATASET
 from mmplatform import paths
 
 
@@ -31,7 +32,9 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: str = "polymnist"
+    dataset: str = DEFAULT_DATASET
+    """A registered dataset (``data_pipelines.datasets``); its descriptor supplies the defaults
+    of the networks, classifiers and metrics."""
     path: Path | None = None
     """Dataset root holding ``train/`` and ``test/`` shard folders; default
     ``$MMPLATFORM_DATASETS_DIR/<dataset>``."""
@@ -45,6 +48,15 @@ class DataConfig(_Section):
 
     def root(self) -> Path:
         return Path(self.path) if self.path is not None else paths.dataset_dir(self.dataset)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from data_pipelines.datasets import registered_datasets
+
+        if name not in registered_datasets():
+            raise ValueError(f"unknown dataset {name!r}; registered: {', '.join(sorted(registered_datasets()))}")
+        return name
 
 
 class LikelihoodChoice(_Section):
@@ -83,7 +95,16 @@ class ModelConfig(_Section):
     num_importance_samples: int = Field(1, ge=1)
     """K: 1 trains the ELBO, K > 1 the importance-weighted bound."""
     aggregator_options: dict[str, Any] = Field(default_factory=dict)
-    """Aggregator-specific options, e.g. ``num_flows``, ``coupling_width`` for f-means."""
+    """Options of the chosen aggregator, e.g. ``num_flows``, ``coupling_width`` for f-means; checked
+    against its typed options (``models.aggregators.base.options_model``): an unknown key or a
+    value of the wrong type fails here, naming the option."""
+    style_latent_dim: int = Field(0, ge=0)
+    """Modality-specific (style) latent per modality next to the shared one (MoPoE's CelebA
+    setting: 32 shared + 32 style); 0 = none."""
+    style_beta: float | dict[str, float] = 1.0
+    """Whole weight of each style latent's KL divergence to N(0, I) (not multiplied by ``beta``):
+    one value, or one per modality (unnamed ones get 1). MoPoE's CelebA setting is beta 2.5 times
+    beta_style 2 times 1 (image) or 5 (text): ``{"image": 5.0, "text": 25.0}``."""
     likelihoods: dict[str, LikelihoodChoice] = Field(default_factory=dict)
     """Per modality, a likelihood replacing the manifest's (Laplace, scale 0.75 for images), e.g.
     ``{"m0": {"kind": "gaussian", "scale": 0.1}}``. The key ``"*"`` applies to every modality
@@ -113,6 +134,18 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown aggregator {name!r}; registered: {', '.join(sorted(AGGREGATORS))}")
         return name
 
+    @field_validator("aggregator_options")
+    @classmethod
+    def _typed_aggregator_options(cls, options: dict[str, Any], info) -> dict[str, Any]:
+        """Checked against the typed options of the aggregator (a field declared above this one);
+        values come back as typed, e.g. a YAML ``2`` for a float option as ``2.0``."""
+        from models.aggregators.base import validate_options
+
+        aggregator = info.data.get("aggregator")
+        if aggregator is None:  # the aggregator itself was refused; that error is reported
+            return options
+        return validate_options(aggregator, options)
+
 
 class TrainingConfig(_Section):
     epochs: int = Field(10, ge=1)
@@ -131,7 +164,8 @@ class EvaluationConfig(_Section):
     every_n_epochs: int = Field(1, ge=1)
     sample_limit: int | None = Field(None, ge=1)
     """Evaluate on a deterministic sample of this many test tuples (sweeps); ``None`` = all."""
-    metrics: list[str] = Field(default_factory=lambda: ["coherence", "latent_probe", "prd", "log_likelihood"])
+    metrics: list[str] | None = None
+    """Registered metrics (``mmplatform.evaluation.metrics``); default: the dataset's."""
     probe_train_samples: int = Field(1000, ge=2)
     random_coherence_samples: int = Field(1000, ge=1)
     log_likelihood_samples: int = Field(12, ge=1)
@@ -142,29 +176,31 @@ class EvaluationConfig(_Section):
     prd_runs: int = Field(10, ge=1)
     classifiers_dir: Path | None = None
     """Coherence classifiers (``mmplatform classifiers train``); default ``<dataset dir>/classifiers``."""
-    min_classifier_accuracy: float = Field(0.9, ge=0.0, le=1.0)
-    objective_weights: dict[str, float] = Field(
-        default_factory=lambda: {"coherence_missing": 1.0, "prd": 2.0}
-    )
-    """The scalar ``objective`` sweeps maximize: the thesis's weighted average of coherence
-    and PRD (seed 000, section 5.4), with more weight on PRD because its values are lower."""
+    min_classifier_score: float | None = Field(None, ge=0.0, le=1.0)
+    """Gate on the coherence classifiers' test score (accuracy for classes, mean average
+    precision for attributes); default: the dataset's label kind's."""
+    objective_weights: dict[str, float] | None = None
+    """The scalar ``objective`` sweeps maximize, a weighted average of metric results (their
+    ``objective_key``); default: the dataset's (PolyMNIST: the thesis's weighted average of
+    coherence and PRD, seed 000, section 5.4)."""
     feature_extractor_weights: Path | None = None
     """Local Inception weights for PRD features; ``None`` uses the platform's classifier."""
 
     @field_validator("objective_weights")
     @classmethod
-    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+    def _positive_weights(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is not None and (not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
             raise ValueError("must be non-negative with a positive sum")
         return weights
 
     @field_validator("metrics")
     @classmethod
-    def _known_metrics(cls, names: list[str]) -> list[str]:
-        known = {"coherence", "latent_probe", "prd", "log_likelihood"}
-        unknown = sorted(set(names) - known)
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        from mmplatform.evaluation.metrics import METRICS, unknown_metrics
+
+        unknown = unknown_metrics(names or [])
         if unknown:
-            raise ValueError(f"unknown metrics {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown metrics {unknown}; registered: {sorted(METRICS)}")
         return names
 
 
@@ -208,6 +244,24 @@ class TrainConfig(_Section):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @model_validator(mode="after")
+    def _dataset_defaults(self) -> "TrainConfig":
+        """What the config leaves open, the dataset's descriptor decides (and the run records)."""
+        from data_pipelines.datasets import dataset_descriptor
+
+        descriptor = dataset_descriptor(self.data.dataset)
+        evaluation = self.evaluation
+        if evaluation.metrics is None:
+            evaluation.metrics = list(descriptor.metrics)
+        if evaluation.objective_weights is None:
+            produced = _objective_keys(evaluation.metrics)
+            evaluation.objective_weights = {
+                key: weight for key, weight in descriptor.objective_weights.items() if key in produced
+            } or {produced[0]: 1.0}
+        if evaluation.min_classifier_score is None:
+            evaluation.min_classifier_score = descriptor.label_rules.default_min_score
+        return self
+
     def resolved_storage_path(self) -> str:
         return self.storage_path or str(paths.results_dir())
 
@@ -237,6 +291,7 @@ class TrainConfig(_Section):
             "latent_dim": self.model.latent_dim,
             "beta": self.model.beta,
             "num_importance_samples": self.model.num_importance_samples,
+            "style_latent_dim": self.model.style_latent_dim,
             "learning_rate": self.training.learning_rate,
             "epochs": self.training.epochs,
             "seed": self.training.seed,
@@ -258,6 +313,12 @@ class TrainConfig(_Section):
         )
         hparams.update(self.tracking.tags)
         return hparams
+
+
+def _objective_keys(metrics: Sequence[str]) -> list[str]:
+    from mmplatform.evaluation.metrics import objective_keys
+
+    return list(objective_keys(metrics))
 
 
 def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,8 +390,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return build_config(merge(tree, parse_overrides(overrides)))
 
 
-def check_against_dataset(config: TrainConfig, modality_names: Sequence[str]) -> None:
-    """The configured modalities (and likelihood overrides) must exist in the dataset's manifest."""
+def check_against_dataset(config: TrainConfig, manifest: Any) -> None:
+    """The config must fit the dataset's manifest: its name, its modalities (and the per-modality
+    likelihoods and networks), and metrics its labels can score."""
+    from mmplatform.evaluation.metrics import check_metrics
+
+    if manifest.dataset != config.data.dataset:
+        raise ConfigError(
+            f"data.dataset: is {config.data.dataset!r} but the shards at {config.data.root()} hold "
+            f"{manifest.dataset!r}"
+        )
+    try:
+        check_metrics(config.evaluation.metrics, config.evaluation.objective_weights, manifest.dataset,
+                      manifest.label_kind)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    modality_names = list(manifest.modality_names)
     for field_name in ("likelihoods", "networks"):
         unknown = [name for name in getattr(config.model, field_name) if name not in (*modality_names, ALL_MODALITIES)]
         if unknown:

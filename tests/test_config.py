@@ -42,12 +42,12 @@ def test_unknown_aggregator_lists_the_registered_ones():
 def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  aggregator: poe\n  beta: 1.0\ndata:\n  batch_size: 32\n")
-    config = load_config(path, ["model.beta=2.5", "data.modalities=[m0, m2]", "model.aggregator_options.k=3"])
+    config = load_config(path, ["model.beta=2.5", "data.modalities=[m0, m2]", "model.aggregator_options.prior_expert=true"])
     assert config.model.aggregator == "poe"
     assert config.model.beta == 2.5
     assert config.data.batch_size == 32
     assert config.data.modalities == ["m0", "m2"]
-    assert config.model.aggregator_options == {"k": 3}
+    assert config.model.aggregator_options == {"prior_expert": True}
 
 
 def test_bad_files_and_overrides_are_reported(tmp_path):
@@ -60,11 +60,14 @@ def test_bad_files_and_overrides_are_reported(tmp_path):
         load_config(None, ["model.beta"])
 
 
-def test_modalities_must_exist_in_the_dataset():
+def test_modalities_must_exist_in_the_dataset(polymnist_shards):
+    from data_pipelines.manifest import load_manifest
+
+    manifest = load_manifest(polymnist_shards / "train")  # m0, m1, m2
     config = build_config({"data": {"modalities": ["m0", "m7"]}})
     with pytest.raises(ConfigError, match=r"data.modalities: \['m7'\] not in the dataset"):
-        check_against_dataset(config, ["m0", "m1", "m2"])
-    check_against_dataset(build_config({"data": {"modalities": ["m1"]}}), ["m0", "m1"])
+        check_against_dataset(config, manifest)
+    check_against_dataset(build_config({"data": {"modalities": ["m1"]}}), manifest)
 
 
 def test_workers_must_fit_the_cluster():
@@ -79,19 +82,22 @@ def test_workers_must_fit_the_cluster():
 
 def test_hparams_are_flat_and_use_the_names_users_query():
     config = TrainConfig.model_validate(
-        {"model": {"aggregator": "mopoe", "beta": 2.0, "aggregator_options": {"num_flows": 2, "nested": {"x": 1}}},
+        {"model": {"aggregator": "mopgfm", "beta": 2.0, "aggregator_options": {"num_flows": 2}},
          "tracking": {"tags": {"sweep": "s", "trial_id": "t1"}}}
     )
     hparams = config.flat_hparams()
-    assert hparams["aggregator"] == "mopoe" and hparams["beta"] == 2.0
+    assert hparams["aggregator"] == "mopgfm" and hparams["beta"] == 2.0
     assert hparams["num_flows"] == 2 and hparams["sweep"] == "s" and hparams["trial_id"] == "t1"
     assert all(not isinstance(value, (dict, list)) for value in hparams.values())
+    # A list option (mmJSD's weights) is not a flat hparam.
+    weights = build_config({"model": {"aggregator": "mmjsd", "aggregator_options": {"weights": [0.5, 0.25, 0.25]}}})
+    assert "weights" not in weights.flat_hparams()
 
 
 def _manifest(*specs):
     from data_pipelines.manifest import Manifest
 
-    return Manifest(dataset="d", version="1", split="train", modalities=tuple(specs), label_kind="class_index",
+    return Manifest(dataset="polymnist", version="1", split="train", modalities=tuple(specs), label_kind="single",
                     label_names=tuple("0123456789"), num_samples=1, samples_per_shard=1, shards=())
 
 

@@ -5,11 +5,11 @@ tracker is opened or a repo queried, torch never (tensors are recognised by thei
 
 - :class:`Tracker`: the run a training writes to (rank 0 only).
 - :func:`replay_fallback`: push journals left by an unreachable server into a repo.
-- :func:`reindex`, :func:`query_runs`, :func:`query_metrics`, :func:`query_images`: read runs
+- :func:`reindex`, :func:`query_runs`, :func:`query_metrics`, :func:`query_images`, :func:`query_texts`: read runs
   back with AimQL.
 """
 
-from mmplatform.tracking.query import create_local_repo, query_images, query_metrics, query_runs, reindex
+from mmplatform.tracking.query import create_local_repo, query_images, query_metrics, query_runs, query_texts, reindex
 from mmplatform.tracking.remote import RemoteUnavailable
 from mmplatform.tracking.replay import ReplayResult, replay_fallback
 from mmplatform.tracking.tracker import RemoteTrackingWarning, Tracker, flatten_hparams
@@ -24,6 +24,7 @@ __all__ = [
     "query_images",
     "query_metrics",
     "query_runs",
+    "query_texts",
     "reindex",
     "replay_fallback",
 ]

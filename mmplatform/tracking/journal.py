@@ -12,7 +12,7 @@ file, and any tool can read it; and because appends are safe on the shared (NFS)
 volume, where an Aim/RocksDB repo must never live.
 
 Layout under the fallback directory: ``<run_hash>.jsonl`` and ``<run_hash>/images/``.
-Record kinds: ``header`` (first line: intended repo, experiment, hparams), ``metric``,
+Record kinds: ``header`` (first line: intended repo, experiment, hparams), ``metric``, ``text``,
 ``image``, ``summary``, ``unavailable`` (when and why the server was given up) and
 ``replayed`` (a repo and run hash that now hold every record above it).
 """
@@ -107,9 +107,13 @@ class JournalContents:
         """Journaled steps per (sequence name, context key)."""
         steps: dict[tuple[str, str], set[int]] = {}
         for record in self.records:
-            if record["kind"] in ("metric", "image"):
+            if record["kind"] in SEQUENCE_KINDS:
                 steps.setdefault((record["name"], context_key(record["context"])), set()).add(record["step"])
         return steps
+
+
+SEQUENCE_KINDS = ("metric", "image", "text")
+"""Records that add a step to a sequence of the run (``summary`` sets a value instead)."""
 
 
 def read_journal(path: Path) -> JournalContents:
@@ -134,7 +138,7 @@ def read_journal(path: Path) -> JournalContents:
             contents.replayed[record["repo"]] = record["run_hash"]
         elif kind == "unavailable":
             contents.unavailable.append(record)
-        elif kind in ("metric", "image", "summary"):
+        elif kind in (*SEQUENCE_KINDS, "summary"):
             contents.records.append(record)
     if contents is None:
         raise ValueError(f"{path}: empty journal")

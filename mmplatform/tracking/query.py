@@ -124,6 +124,16 @@ def query_images(repo: str | Path, query: str) -> list[SeriesRecord]:
     return records
 
 
+def query_texts(repo: str | Path, query: str) -> list[SeriesRecord]:
+    """Text series matching AimQL (``texts.name``/``texts.context`` ...); values are strings."""
+    records = []
+    for sequence in _open(repo).query_texts(query, report_mode=0).iter():
+        steps, (values,) = sequence.data.view("val").items_list()
+        texts = [(value[0] if isinstance(value, list) else value).data for value in values]
+        records.append(SeriesRecord(sequence.run.hash, sequence.name, sequence.context.to_dict(), list(steps), texts))
+    return records
+
+
 def create_local_repo(repo: str | Path) -> None:
     """Create a local repo now, once: concurrent trials that each create it on first use race
     (one of them then fails with "repository ... out of date"). A remote repo needs nothing."""

@@ -337,6 +337,22 @@ class Tracker:
         self._call(self._run_track_image, pil_image, name, step, context, caption)
         return True
 
+    def track_text(self, text: str, name: str, step: int, context: Mapping[str, Any] | None = None) -> bool:
+        """Record a text (e.g. generated captions, one per line) at ``step``, as an Aim ``Text``."""
+        return self._track_text(str(text), name, step, context, journal=True)
+
+    def _track_text(self, text: str, name: str, step: int, context, *, journal: bool) -> bool:
+        context = _plain(dict(context or {}))
+        step = self._check_step(step)
+        if not self._is_new(name, context, step):
+            return False
+        self._before_step(step)
+        if journal:
+            self._journal_append({"kind": "text", "name": name, "context": context, "step": step, "value": text})
+        self._recorded.setdefault((name, context_key(context)), set()).add(step)
+        self._call(self._run_track_text, text, name, step, context)
+        return True
+
     def set_summary(self, summary: Mapping[str, Any]) -> None:
         """Store the final summary as ``run["summary"]`` (queryable as ``run.summary.<key>``)."""
         self._set_summary(summary, journal=True)
@@ -456,6 +472,11 @@ class Tracker:
 
         self._run.track(Image(pil_image, caption=caption or ""), name=name, step=step, context=context)
 
+    def _run_track_text(self, text: str, name: str, step: int, context: dict) -> None:
+        from aim import Text
+
+        self._run.track(Text(text), name=name, step=step, context=context)
+
     def _run_setitem(self, key: str, value: Any) -> None:
         self._run[key] = value
 
@@ -522,6 +543,8 @@ def push_records(tracker: Tracker, contents: JournalContents, *, journal: bool) 
                 pushed += tracker._track_image(
                     image, record["name"], record["step"], record["context"], record.get("caption"), journal=journal
                 )
+        elif kind == "text":
+            pushed += tracker._track_text(record["value"], record["name"], record["step"], record["context"], journal=journal)
         elif kind == "summary":
             # Not counted: setting the same summary again changes nothing.
             tracker._set_summary(record["value"], journal=journal)

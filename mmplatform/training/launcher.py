@@ -10,17 +10,25 @@ from data_pipelines.manifest import load_manifest
 from mmplatform.config import TrainConfig, check_against_cluster
 from mmplatform.evaluation.session import check_classifiers
 from mmplatform.ray_runtime import ensure_ray
-from mmplatform.training.model_factory import selected_networks, selected_specs
+from mmplatform.evaluation.metrics import needs_classifiers
+from mmplatform.training.model_factory import check_aggregator, selected_networks, selected_specs
 from mmplatform.training.worker import train_loop_per_worker
 
 
-def preflight(config: TrainConfig) -> None:
-    """Every check that needs no Ray resource: dataset, modalities, classifiers."""
+def check_config_fits_dataset(config: TrainConfig) -> None:
+    """The config against the dataset's shards: name, modalities, likelihoods, networks, metrics
+    its labels can score, and the aggregator built once with its options."""
     manifest = load_manifest(config.data.root() / "train")
     specs, _ = selected_specs(config, manifest)
     selected_networks(config, specs)
+    check_aggregator(config, len(specs))
     load_manifest(config.data.root() / "test")
-    if "coherence" in config.evaluation.metrics or "prd" in config.evaluation.metrics:
+
+
+def preflight(config: TrainConfig) -> None:
+    """Every check that needs no Ray resource: the dataset fit, then the classifiers."""
+    check_config_fits_dataset(config)
+    if needs_classifiers(config.evaluation.metrics):
         check_classifiers(config)
 
 

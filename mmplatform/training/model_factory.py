@@ -18,7 +18,7 @@ def selected_specs(config: TrainConfig, manifest: Manifest) -> tuple[list[Modali
     built (a scale on a categorical text likelihood) fails there, naming the field.
     """
     names = [spec.name for spec in manifest.modalities]
-    check_against_dataset(config, names)
+    check_against_dataset(config, manifest)
     wanted = config.data.modalities or names
     choices = config.model.likelihoods
     specs, options = [], {}
@@ -44,22 +44,42 @@ def selected_specs(config: TrainConfig, manifest: Manifest) -> tuple[list[Modali
 
 
 def selected_networks(config: TrainConfig, specs: list[ModalitySpec]) -> dict[str, str]:
-    """Per modality, the network entry ``model.networks`` names, checked to fit the modality."""
+    """Per modality, the network entry ``model.networks`` names, else the dataset's descriptor
+    names, checked to fit the modality."""
+    from data_pipelines.datasets import dataset_descriptor
     from models.networks import NETWORKS
 
+    descriptor = dataset_descriptor(config.data.dataset)
     networks = {}
     for spec in specs:
         chosen = per_modality(config.model.networks, spec.name)
         if chosen is None:
-            continue
-        key, name = chosen
+            name = descriptor.network_for(spec.name)
+            if name is None:
+                continue
+            key, where = spec.name, f"the {descriptor.name} descriptor's networks"
+        else:
+            key, name = chosen
+            where = f"model.networks.{key}"
         if not NETWORKS[name].matches(spec):
             raise ConfigError(
-                f"model.networks.{key}: networks {name!r} do not fit modality {spec.name!r} "
+                f"{where}: networks {name!r} do not fit modality {spec.name!r} "
                 f"({spec.kind}, shape {list(spec.shape)})"
             )
         networks[spec.name] = name
     return networks
+
+
+def check_aggregator(config: TrainConfig, num_modalities: int) -> None:
+    """Build the configured aggregator once on the driver: option values its constructor refuses
+    (an unknown flow back end, a weight list of the wrong length) fail here, not in a worker."""
+    from models.aggregators import build_aggregator
+
+    try:
+        build_aggregator(config.model.aggregator, num_modalities, config.model.latent_dim,
+                         **config.model.aggregator_options)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"model.aggregator_options: {config.model.aggregator} refuses them: {error}") from None
 
 
 def build_model(config: TrainConfig, manifest: Manifest) -> MultimodalVAE:
@@ -73,4 +93,6 @@ def build_model(config: TrainConfig, manifest: Manifest) -> MultimodalVAE:
         num_importance_samples=config.model.num_importance_samples,
         aggregator_options=config.model.aggregator_options,
         likelihood_options=likelihood_options,
+        style_latent_dim=config.model.style_latent_dim,
+        style_beta=config.model.style_beta,
     )

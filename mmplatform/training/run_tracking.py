@@ -19,7 +19,6 @@ from mmplatform.tracking import Tracker
 logger = logging.getLogger(__name__)
 
 RUN_HASH_FILE = "aim_run.json"
-TRAIN_PREFIX = "train/"
 
 
 def _hash_file(config: TrainConfig) -> Path | None:
@@ -46,18 +45,20 @@ class TrainingTracker:
     def run_hash(self) -> str:
         return self.tracker.run_hash
 
-    def log_epoch(self, epoch: int, metrics: dict[str, Any], evaluation=None) -> None:
-        train = {name.removeprefix(TRAIN_PREFIX): value for name, value in metrics.items() if name.startswith(TRAIN_PREFIX)}
-        self.tracker.track_many(train, step=epoch, context={"split": "train"})
-        self.tracker.track(metrics["bad_steps"], "bad_steps", step=epoch, context={"split": "train"})
+    def log_epoch(self, epoch: int, train_records, evaluation=None) -> None:
+        """The epoch's training records, then the evaluation's records and generated samples,
+        each under the name and context it carries (nothing is parsed back from a flat key)."""
+        for record in train_records:
+            self.tracker.track(record.value, record.name, step=epoch, context=dict(record.context))
         if evaluation is None:
             return
         for record in evaluation.records:
             self.tracker.track(record.value, record.name, step=epoch, context=dict(record.context))
-        for key, grid in evaluation.images.items():
-            kind, modality = key.split("/", 1)
-            self.tracker.track_image(grid, "generations", step=epoch,
-                                     context={"kind": kind, "modality": modality, "split": "test"})
+        for samples in evaluation.samples:
+            if samples.image is not None:
+                self.tracker.track_image(samples.image, "generations", step=epoch, context=samples.context())
+            if samples.text is not None:
+                self.tracker.track_text(samples.text, "generated_text", step=epoch, context=samples.context())
 
     def finish(self, final_metrics: dict[str, Any]) -> None:
         summary = {key: value for key, value in final_metrics.items() if isinstance(value, (int, float, str))}

@@ -14,6 +14,7 @@ import logging
 import shutil
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from data_pipelines.manifest import load_manifest
 from data_pipelines.readers import EvalReader, TrainReader, make_loader
 from mmplatform.config import TrainConfig, build_config
+from mmplatform.evaluation.results import MetricRecord
 from mmplatform.evaluation.session import EvaluationSession
 from mmplatform.training.checkpointing import TrainingState, gather_rng_states, write_checkpoint_dir
 from mmplatform.training.divergence import DIVERGED, FINISHED, RUNNING, DivergenceGuard
@@ -29,6 +31,8 @@ from mmplatform.training.model_factory import build_model
 from mmplatform.training.run_tracking import open_tracker
 
 logger = logging.getLogger(__name__)
+
+TRAIN_CONTEXT = {"split": "train"}
 
 
 def _distributed() -> bool:
@@ -68,6 +72,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     data_root = config.data.root()
     train_dir, test_dir = data_root / "train", data_root / "test"
     manifest = load_manifest(train_dir)
+    # Model construction draws from torch and from numpy (FrEIA's AllInOneBlock takes its channel
+    # permutations from numpy's global generator): both are seeded, so the same seed gives the
+    # same initial model on every rank and in every rerun.
+    torch.manual_seed(config.training.seed)
+    np.random.seed(config.training.seed)
     model = build_model(config, manifest).to(device)
     # fused=True: one kernel for all parameters; the per-parameter CPU loop cost more than the step.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate, fused=True)
@@ -110,11 +119,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             totals = _all_reduce_sums(sums, device)
             num_steps = max(totals.pop("steps"), 1.0)
             skipped_steps = totals.pop("skipped_steps")
-            # Per-step means of every loss term over all ranks.
-            metrics = {f"train/{name}": value / num_steps for name, value in totals.items()}
-            metrics["skipped_steps"] = skipped_steps
+            # Per-step means of every loss term over all ranks, and the guard's count.
+            train_records = [MetricRecord(name, value / num_steps, TRAIN_CONTEXT) for name, value in totals.items()]
+            train_records.append(MetricRecord("bad_steps", float(guard.bad_steps), TRAIN_CONTEXT))
+            metrics = {record.flat_name: record.value for record in train_records}
             status = DIVERGED if guard.diverged else (FINISHED if epoch == config.training.epochs else RUNNING)
-            metrics.update(epoch=epoch, status=status, bad_steps=guard.bad_steps)
+            metrics.update(epoch=epoch, status=status, bad_steps=guard.bad_steps, skipped_steps=skipped_steps)
 
             evaluated = status != DIVERGED and (
                 epoch % config.evaluation.every_n_epochs == 0 or epoch == config.training.epochs
@@ -130,7 +140,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             rng_states = gather_rng_states()  # a collective: every rank takes part
             checkpoint_dir = None
             if rank == 0:
-                tracker.log_epoch(epoch, metrics, results)
+                tracker.log_epoch(epoch, train_records, results)
                 state = TrainingState(
                     epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                     guard=guard.state_dict(), aim_run_hash=tracker.run_hash, rng_states=rng_states,
