@@ -36,6 +36,31 @@ def polymnist_shards(tmp_path_factory) -> Path:
     return out
 
 
+CELEBA_FIXTURE_PARTITIONS = [0] * 64 + [1] * 24 + [2] * 4
+"""64 train and 24 test tuples (partition 1, the published test split): enough positives of most
+attributes for average precision, a few seconds to build."""
+
+
+@pytest.fixture(scope="session")
+def celeba_source(tmp_path_factory) -> Path:
+    """A small CelebA in the official layout (real JPEGs, attribute and partition files)."""
+    from data_pipelines.celeba import write_celeba_fixture
+
+    partitions = CELEBA_FIXTURE_PARTITIONS
+    return write_celeba_fixture(tmp_path_factory.mktemp("celeba-source") / "CelebA", len(partitions), seed=11,
+                                partitions=partitions)
+
+
+@pytest.fixture(scope="session")
+def celeba_shards(celeba_source, tmp_path_factory) -> Path:
+    """The fixture built into shards (``train/``, ``test/``); treat as read-only."""
+    from data_pipelines.celeba import build_celeba
+
+    out = tmp_path_factory.mktemp("celeba") / "celeba"
+    build_celeba(celeba_source, out, samples_per_shard=16, workers=1, progress=False, log=lambda _: None)
+    return out
+
+
 @pytest.fixture
 def polymnist_copy(polymnist_shards, tmp_path) -> Path:
     """A private copy of ``polymnist_shards`` that a test may damage."""

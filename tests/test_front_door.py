@@ -84,6 +84,8 @@ def test_trials_table_ranks_by_objective_and_shows_the_headline_metrics():
     header = lines[0].split()
     assert header[:3] == ["rank", "trial", "aggregator"] and "num_flows" in header and "beta" in header
     assert "latent" in header and "PRD" in header and header[-2:] == ["epochs", "status"]
+    # Only the metrics the trials report: no multi-label (AP) or log-likelihood columns here.
+    assert "AP" not in header and "log" not in header
     assert [line.split()[1] for line in lines[1:]] == ["t_high", "t_low", "t_err"]
     best = lines[1].split()
     assert best[0] == "1" and best[2] == "mopgfm" and "0.420" in best and "0.710" in best and best[-1] == "finished"
@@ -133,21 +135,21 @@ def _classifiers_cli(shards: Path, out: Path, cluster, *options: str) -> subproc
 
 
 def test_classifiers_stop_at_the_gate_and_show_progress(ray_cluster, polymnist_shards, tmp_path):
-    completed = _classifiers_cli(polymnist_shards, tmp_path / "clf", ray_cluster, "--min-accuracy", "0",
+    completed = _classifiers_cli(polymnist_shards, tmp_path / "clf", ray_cluster, "--min-score", "0",
                                  "--max-epochs", "5")
     assert completed.returncode == 0, completed.stderr[-3000:]
     shown = completed.stdout + completed.stderr  # Ray forwards the workers' log lines to either
     assert shown.count("coherence classifiers epoch 1/5: test accuracy m0=") == 1
     assert "epoch 2/5" not in shown  # every modality passed a 0 gate at once
     stored = json.loads((tmp_path / "clf" / "classifiers.json").read_text())
-    assert stored["epochs_trained"] == 1 and stored["training"]["min_accuracy"] == 0.0
+    assert stored["epochs_trained"] == 1 and stored["training"]["min_score"] == 0.0
 
 
 def test_classifiers_that_cannot_pass_fail_in_one_line_with_the_command_that_trains_more(
     ray_cluster, polymnist_shards, tmp_path
 ):
     # 60 tuples and 2 epochs cannot reach a perfect test accuracy.
-    completed = _classifiers_cli(polymnist_shards, tmp_path / "clf", ray_cluster, "--min-accuracy", "1",
+    completed = _classifiers_cli(polymnist_shards, tmp_path / "clf", ray_cluster, "--min-score", "1",
                                  "--max-epochs", "2")
     assert completed.returncode == 2
     assert not _has_own_traceback(completed.stderr)
@@ -155,12 +157,12 @@ def test_classifiers_that_cannot_pass_fail_in_one_line_with_the_command_that_tra
     error = completed.stderr.strip().splitlines()[-1]
     assert error.startswith("mmplatform: error: coherence classifier for m")
     assert "reached test accuracy 0." in error and "after 2 epochs" in error
-    assert f"mmplatform classifiers train --data {polymnist_shards} --max-epochs 4 --min-accuracy 1" in error
+    assert f"mmplatform classifiers train --data {polymnist_shards} --max-epochs 4 --min-score 1" in error
     assert f"--out {tmp_path / 'clf'}" in error
     # Nothing is lost: what was trained is stored with its measured accuracy.
     stored = json.loads((tmp_path / "clf" / "classifiers.json").read_text())
-    assert stored["epochs_trained"] == 2 and min(stored["test_accuracy"].values()) < 1.0
-    weakest = min(stored["test_accuracy"], key=stored["test_accuracy"].get)
+    assert stored["epochs_trained"] == 2 and min(stored["test_score"].values()) < 1.0
+    weakest = min(stored["test_score"], key=stored["test_score"].get)
     assert error.startswith(f"mmplatform: error: coherence classifier for {weakest} ")
 
 
@@ -174,9 +176,11 @@ def test_make_run_path_on_an_empty_data_root(ray_cluster, tmp_path):
     from mmplatform.sweep.script import parse_args
     from sweeps.polymnist_fmean import STUDY
 
+    from mmplatform.config import build_config
+
     local = PROFILES["local"](STUDY, parse_args(STUDY, []))
-    gate = local.base["evaluation"]["min_classifier_accuracy"]
-    assert gate >= 0.8  # the real gate, not the smoke profile's 0.0
+    gate = build_config(local.base).evaluation.min_classifier_score
+    assert gate >= 0.8  # the real gate (the dataset's), not the smoke profile's 0.0
 
     root = tmp_path / "root"
     completed = _run(
@@ -186,10 +190,10 @@ def test_make_run_path_on_an_empty_data_root(ray_cluster, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     out = completed.stdout
-    assert "building PolyMNIST shards" in out and "coherence classifiers epoch 1/" in out + completed.stderr
+    assert "building polymnist shards" in out and "coherence classifiers epoch 1/" in out + completed.stderr
 
     accuracy = json.loads((root / "datasets" / "polymnist" / "classifiers" / "classifiers.json").read_text())
-    assert min(accuracy["test_accuracy"].values()) >= gate
+    assert min(accuracy["test_score"].values()) >= gate
 
     assert "sweep front-door: 1 trials (1 finished)" in out
     lines = out.splitlines()

@@ -22,6 +22,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -638,7 +639,8 @@ def test_cluster_apply_starts_no_work(renders):
         "PersistentVolumeClaim",
     } <= kinds
     assert not kinds & {"RayJob", "Job", "CronJob"}
-    assert [o["kind"] for o in renders["shards"]] == ["Job"]
+    # The build job and the ConfigMap that says which dataset it builds from where.
+    assert sorted(o["kind"] for o in renders["shards"]) == ["ConfigMap", "Job"]
     assert [o["kind"] for o in renders["sweep"]] == ["RayJob"]
 
 
@@ -968,7 +970,7 @@ NETWORK_FINDINGS = {
     "open to the world": "aim-clients admits traffic from outside the cluster",
     "ip block": "ray-head-clients admits traffic from outside the cluster",
     "head not selected": "a pod of this namespace cannot reach Ray gcs (6379)",
-    "no default deny": "Job/build-polymnist-shards: no ingress policy selects it",
+    "no default deny": "Job/build-shards: no ingress policy selects it",
     "any namespace": "a pod of another namespace can reach Aim tracking",
     "operator shut out": "the KubeRay operator cannot reach the Ray dashboard",
 }
@@ -1117,13 +1119,22 @@ def test_sweep_rayjob_runs_the_cluster_profile_on_the_platform_cluster(objects):
     assert script == PurePosixPath(copy_line.group(1)) / "polymnist_fmean.py"
 
 
-def test_shard_job_builds_polymnist_into_the_datasets_dir(objects):
+def test_shard_job_builds_the_configured_dataset_into_the_datasets_dir(objects):
+    from data_pipelines.datasets import registered_datasets
+
     container = only(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
     command = _command(container)
-    assert command[:3] == ["mmplatform", "data", "polymnist"]
-    # The kubelet expands $(VAR) from the container's env, so this is MMPLATFORM_DATASETS_DIR.
-    assert _flag(command, "--out") == f"$({DATASETS_DIR_ENV})/polymnist"
-    assert DATASETS_DIR_ENV in _effective_env(container, objects)
+    env = _effective_env(container, objects)
+    # The kubelet expands $(VAR) from the container's env (envFrom included).
+    expanded = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], word) for word in command]
+    assert expanded[:2] == ["mmplatform", "data"] and expanded[2] in registered_datasets()
+    assert _flag(command, "--out") == f"$({DATASETS_DIR_ENV})/$(DATASET)"
+    assert DATASETS_DIR_ENV in env
+    # The default builds PolyMNIST offline: an empty source, which the CLI reads as none.
+    assert (env["DATASET"], env["DATASET_SOURCE"]) == ("polymnist", "")
+    completed = subprocess.run([sys.executable, "-m", "mmplatform", "data", "celeba", "--source", "", "--out", "/x"],
+                               capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert completed.returncode == 2 and "--source: celeba is built from its official files" in completed.stderr
 
 
 def test_images_and_ray_version_match_the_pins(objects):

@@ -10,6 +10,9 @@ from data_pipelines.datasets import ClassifierSpec, DatasetDescriptor, ProfileDe
 
 NAME = "celeba"
 
+LEARNING_RATES = {"type": "loguniform", "low": 1e-4, "high": 5e-4}
+"""Up to MoPoE's CelebA rate (5e-4): at 1e-3 its residual nets can blow up within a step."""
+
 MOPOE_MODEL = {
     # MoPoE's CelebA setting (anchors-mmvae 4.2): 32 shared + 32 style dimensions per modality,
     # beta 2.5, and the style KLs weighted beta * beta_style * beta_m_style = 2.5 * 2 * (1 | 5).
@@ -89,7 +92,7 @@ DESCRIPTOR = register_dataset(DatasetDescriptor(
         "local": ProfileDefaults(
             folder=NAME,
             config={"model": MOPOE_MODEL, "evaluation": {"metrics": ["coherence_ap", "latent_probe_ap", "prd"]}},
-            space={"model.latent_dim": {"type": "choice", "values": [32]}},
+            space={"model.latent_dim": {"type": "choice", "values": [32]}, "training.learning_rate": LEARNING_RATES},
         ),
         # For tests: built from a small fixture in the official layout (``--source``); the
         # multi-label metrics run, PRD is left to the trainings of the test suite.
@@ -97,10 +100,12 @@ DESCRIPTOR = register_dataset(DatasetDescriptor(
             folder=f"{NAME}-smoke",
             config={"model": {"latent_dim": 8, "style_latent_dim": 4},
                     "evaluation": {"metrics": ["coherence_ap", "latent_probe_ap", "log_likelihood"]}},
-            space={"model.latent_dim": {"type": "choice", "values": [8]}},
+            space={"model.latent_dim": {"type": "choice", "values": [8]},
+                   "training.learning_rate": {"type": "choice", "values": [1e-4]}},
             classifier_max_epochs=1,
         ),
         "cluster": ProfileDefaults(folder=NAME, config={"model": MOPOE_MODEL},
-                                   space={"model.latent_dim": {"type": "choice", "values": [32]}}),
+                                   space={"model.latent_dim": {"type": "choice", "values": [32]},
+                                          "training.learning_rate": LEARNING_RATES}),
     },
 ))

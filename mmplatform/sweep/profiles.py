@@ -1,8 +1,11 @@
 """Where and at what scale a sweep script runs: ``local`` (default), ``cluster``, ``smoke``.
 
-A study (``sweeps/*.py``) says *what* is searched; a profile says *how big*: the dataset
-build, the trial template, ASHA's budget, the resources of a trial, and where results and
-Aim runs go. Profiles are registered by name, so a new one is one function.
+A study (``sweeps/*.py``) says *what* is searched and on which dataset; a profile says *how
+big*: the trial template, ASHA's budget, the resources of a trial, and where results and Aim
+runs go. What a profile trains on of the dataset (its folder, modalities, networks, latent size,
+metrics, whether the shards can be built offline) comes from the dataset's descriptor
+(``data_pipelines.datasets.ProfileDefaults``). Profiles are registered by name, so a new one is
+one function.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from data_pipelines.datasets import DatasetDescriptor, ProfileDefaults, dataset_descriptor
 from mmplatform import paths
 from mmplatform.classifier_gate import DEFAULT_MAX_EPOCHS
+from mmplatform.config import merge
 from mmplatform.paths import TRIAL_DRIVER_RESOURCE
 from mmplatform.sweep.search_space import Choice, LogUniform, ParamSpec, Uniform
-
-LOCAL_MODALITIES = 3
-"""PolyMNIST-3, what the studies train on: building and gating two unused modalities costs minutes."""
 LOCAL_AGGREGATORS = ("mopgfm",)
 """What ``make run`` samples of a study's aggregators (all of them if the study has none of these).
 Measured in this profile on 2 cores: mogfm_amortized and iwmogfm decode a sample of every subset's
@@ -42,20 +46,14 @@ class Study:
     """What a sweep script searches (the thesis's studies, seed 000 sections 5.4 and 6.1)."""
 
     name: str
+    dataset: str
+    """A registered dataset (``data_pipelines.datasets``)."""
     aggregators: tuple[str, ...]
     search_space: dict[str, ParamSpec]
-    modalities: tuple[str, ...] = ("m0", "m1", "m2")
-    """PolyMNIST-3, as in the thesis."""
 
-
-@dataclass(frozen=True)
-class DatasetPlan:
-    name: str
-    """Folder under the datasets dir."""
-    digits: int | None
-    """MNIST digits used by the generator (None: all the source has)."""
-    build_if_missing: bool
-    num_modalities: int = 5
+    @property
+    def descriptor(self) -> DatasetDescriptor:
+        return dataset_descriptor(self.dataset)
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,9 @@ class SweepPlan:
     """Everything a profile decides; ``mmplatform.sweep.script`` turns it into a SweepConfig."""
 
     profile: str
-    dataset: DatasetPlan
+    dataset: DatasetDescriptor
+    data: ProfileDefaults
+    """What this profile trains on of the dataset (its descriptor's entry for the profile)."""
     base: dict[str, Any]
     num_samples: int
     max_epochs: int
@@ -95,15 +95,24 @@ def register_profile(name: str) -> Callable[[ProfileBuilder], ProfileBuilder]:
     return decorator
 
 
-def _template(study: Study, **sections: dict[str, Any]) -> dict[str, Any]:
+def _template(study: Study, dataset_profile: ProfileDefaults, /, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The trial template: the profile's sections, then the dataset's for this profile on top."""
     base: dict[str, Any] = {
-        "data": {"modalities": list(study.modalities)},
+        "data": {"dataset": study.dataset},
         "model": {"aggregator": study.aggregators[0]},
         "evaluation": {"every_n_epochs": 1},
     }
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
-    return base
+    return merge(base, dataset_profile.config)
+
+
+_PARAM_SPEC = TypeAdapter(ParamSpec)
+
+
+def _space(data: ProfileDefaults, **profile_space: ParamSpec) -> dict[str, ParamSpec]:
+    """The profile's search-space overrides, then the dataset's (plain specs in its descriptor)."""
+    return {**profile_space, **{key: _PARAM_SPEC.validate_python(dict(spec)) for key, spec in data.space.items()}}
 
 
 @register_profile("local")
@@ -111,46 +120,37 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
     """The embedded default (``make run``): a laptop with no cluster, at most 15 minutes on 2 cores,
     sized so that the best trial visibly learns (README, "What make run shows").
 
-    Every choice below is recorded in the trials' Aim hparams. These depart from the papers'
-    setting, each a registered option rather than a changed default:
+    Every choice is recorded in the trials' Aim hparams. The dataset's descriptor says what this
+    profile trains on (PolyMNIST: PolyMNIST-3, latent 512, and two registered options that depart
+    from the papers' setting, a Gaussian likelihood and conv mu/logvar heads; its descriptor says
+    why). The profile itself departs twice more:
 
-    - ``model.likelihoods = gaussian(0.1)`` instead of Laplace(0.75): with the Laplace
-      likelihood the latent takes thousands of steps to encode the digit at all
-      (``benchmarks/latent_emergence.py``); with the Gaussian, mofop's latent probe on PolyMNIST-3
-      reads 0.43 after 600 steps against 0.30-0.34 (latent 512, batch 128; an in-process loop like
-      ``benchmarks/latent_emergence.py``'s, run once per setting, not a script of this repository);
-    - ``model.networks = polymnist_conv_heads``: the MoPoE encoder's mu/logvar heads as 4x4
-      convolutions on its conv features, which learns the digit about twice as fast as the
-      papers' Linear(2048, D)-ReLU bottleneck;
     - a small flow (1 flow of 2-4 coupling layers, width 64-128) instead of Table 5.1's sizes,
       so that the flows cost little next to the networks;
     - of the study's aggregators, mopgfm only (``LOCAL_AGGREGATORS`` says why).
 
-    The rest is the papers': latent 512, the MoPoE conv decoder, batch 128, Adam. Fewer, longer
-    trials than on a cluster: a trial must train long enough for the digit to appear at all,
-    and ASHA pays an evaluation per rung. Trials run one at a time with 2 torch threads each.
+    The rest is the papers': batch 128, Adam. Fewer, longer trials than on a cluster: a trial
+    must train long enough for the latent to carry the labels at all, and ASHA pays an
+    evaluation per rung. Trials run one at a time with 2 torch threads each.
     """
-    dataset = DatasetPlan(name="polymnist", digits=None, build_if_missing=True, num_modalities=LOCAL_MODALITIES)
+    data = study.descriptor.profile("local")
     return SweepPlan(
         profile="local",
-        dataset=dataset,
+        dataset=study.descriptor,
+        data=data,
         base=_template(
-            study,
-            data={"dataset": dataset.name, "batch_size": 128, "steps_per_epoch": LOCAL_STEPS_PER_EPOCH,
-                  "loader_workers": 1},
-            model={"latent_dim": 512, "networks": {"*": "polymnist_conv_heads"},
-                   "likelihoods": {"*": {"kind": "gaussian", "scale": 0.1}}},
+            study, data,
+            data={"batch_size": 128, "steps_per_epoch": LOCAL_STEPS_PER_EPOCH, "loader_workers": 1},
             training={"learning_rate": 1e-3},
             evaluation={"sample_limit": 500, "probe_train_samples": 1000, "random_coherence_samples": 200,
-                        "prd_runs": 3, "min_classifier_accuracy": 0.9,
-                        "metrics": ["coherence", "latent_probe", "prd"]},
+                        "prd_runs": 3},
             scaling={"num_workers": 1, "cpus_per_worker": 2.0},
         ),
         num_samples=args.num_samples or LOCAL_TRIALS,
         max_epochs=args.max_epochs or LOCAL_MAX_EPOCHS,
         grace_period=1,
         reduction_factor=2.0,
-        classifier_max_epochs=DEFAULT_MAX_EPOCHS,
+        classifier_max_epochs=data.classifier_max_epochs or DEFAULT_MAX_EPOCHS,
         driver_resources={"CPU": 1.0},
         storage_path=str(paths.results_dir()),
         aggregators=LOCAL_AGGREGATORS,
@@ -159,33 +159,32 @@ def local_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
         # One trial at a time on both cores: two at once on 2 cores only split them, and ASHA's
         # first trial at a rung continues anyway; later trials are stopped when they fall behind.
         max_concurrent_trials=args.max_concurrent_trials or 1,
-        space_overrides={
-            "model.latent_dim": Choice(values=[512]),
-            "model.beta": Uniform(low=2.0, high=4.0),
-            "training.learning_rate": LogUniform(low=1.5e-3, high=2e-3),
-            "model.aggregator_options.num_flows": Choice(values=[1]),
-            "model.aggregator_options.coupling_layers": Choice(values=[2, 4]),
-            "model.aggregator_options.coupling_width": Choice(values=[64, 128]),
-        },
+        space_overrides=_space(
+            data,
+            **{"model.beta": Uniform(low=2.0, high=4.0),
+               "training.learning_rate": LogUniform(low=1.5e-3, high=2e-3),
+               "model.aggregator_options.num_flows": Choice(values=[1]),
+               "model.aggregator_options.coupling_layers": Choice(values=[2, 4]),
+               "model.aggregator_options.coupling_width": Choice(values=[64, 128])},
+        ),
     )
 
 
 @register_profile("smoke")
 def smoke_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
     """Seconds per trial: a tiny dataset and tiny networks, for tests."""
-    dataset = DatasetPlan(name="polymnist-smoke", digits=400, build_if_missing=True, num_modalities=3)
+    data = study.descriptor.profile("smoke")
     return SweepPlan(
         profile="smoke",
-        dataset=dataset,
+        dataset=study.descriptor,
+        data=data,
         base=_template(
-            study,
-            data={"dataset": dataset.name, "batch_size": 16, "steps_per_epoch": 2, "loader_workers": 0,
-                  "eval_batch_size": 64},
-            model={"latent_dim": 8},
+            study, data,
+            data={"batch_size": 16, "steps_per_epoch": 2, "loader_workers": 0, "eval_batch_size": 64},
             # At seconds scale coherence and PRD sit at chance for every trial, so ASHA could
             # not tell trials apart; the smoke profile ranks them by log-likelihood instead.
             evaluation={"sample_limit": 64, "random_coherence_samples": 16, "log_likelihood_samples": 2,
-                        "min_classifier_accuracy": 0.0, "metrics": ["coherence", "log_likelihood"],
+                        "probe_train_samples": 64, "min_classifier_score": 0.0,
                         "objective_weights": {"log_likelihood": 1.0}},
             scaling={"num_workers": 1},
         ),
@@ -193,34 +192,35 @@ def smoke_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
         max_epochs=args.max_epochs or 3,
         grace_period=1,
         reduction_factor=3.0,
-        classifier_max_epochs=1,
+        classifier_max_epochs=data.classifier_max_epochs or 1,
         driver_resources={"CPU": 1.0},
         storage_path=str(paths.results_dir()),
-        space_overrides={
-            "model.latent_dim": Choice(values=[8]),
-            "model.aggregator_options.num_flows": Choice(values=[1]),
-            "model.aggregator_options.coupling_width": Choice(values=[16]),
-            "model.aggregator_options.coupling_layers": Choice(values=[1]),
-        },
+        space_overrides=_space(
+            data,
+            **{"model.aggregator_options.num_flows": Choice(values=[1]),
+               "model.aggregator_options.coupling_width": Choice(values=[16]),
+               "model.aggregator_options.coupling_layers": Choice(values=[1])},
+        ),
     )
 
 
 @register_profile("cluster")
 def cluster_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
-    """The thesis's scale on a Ray cluster: 60,000 tuples, up to 500 epochs, DDP trials on GPUs.
+    """The thesis's scale on a Ray cluster: the full dataset, up to 500 epochs, DDP trials on GPUs.
 
     Shards, results and the Aim repo come from the environment the k8s manifests set
     (``mmplatform.paths``); the shards are built beforehand by the build job.
     """
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else 1.0
     workers = args.workers_per_trial or 1
-    dataset = DatasetPlan(name="polymnist", digits=None, build_if_missing=False)
+    data = study.descriptor.profile("cluster")
     return SweepPlan(
         profile="cluster",
-        dataset=dataset,
+        dataset=study.descriptor,
+        data=data,
         base=_template(
-            study,
-            data={"dataset": dataset.name, "batch_size": 256, "loader_workers": 4},
+            study, data,
+            data={"batch_size": 256, "loader_workers": 4},
             evaluation={"sample_limit": 2000, "every_n_epochs": 5},
             scaling={"num_workers": workers, "use_gpu": gpus > 0,
                      "gpus_per_worker": gpus / workers if gpus > 0 else 0.0, "cpus_per_worker": 4.0},
@@ -230,13 +230,14 @@ def cluster_profile(study: Study, args: argparse.Namespace) -> SweepPlan:
         max_epochs=args.max_epochs or 500,
         grace_period=25,
         reduction_factor=3.0,
-        classifier_max_epochs=DEFAULT_MAX_EPOCHS,
+        classifier_max_epochs=data.classifier_max_epochs or DEFAULT_MAX_EPOCHS,
         # Drivers hold only the custom resource of the CPU group: never a GPU node.
         driver_resources={"CPU": 0.0, TRIAL_DRIVER_RESOURCE: 1.0},
         storage_path=str(paths.results_dir()),
         max_concurrent_trials=args.max_concurrent_trials,
+        space_overrides=_space(data),
     )
 
 
 def dataset_dir(plan: SweepPlan) -> Path:
-    return paths.dataset_dir(plan.dataset.name)
+    return paths.dataset_dir(plan.data.folder)

@@ -2,8 +2,8 @@
 
 The full metrics of every trial stay in ``best_trial.json`` and in Aim; the table shows what
 decides between trials: the method, the sampled hyperparameters, the sweep's objective and the
-three headline metrics of the thesis (latent accuracy, missing-modality coherence, PRD), how
-far each trial got and how it ended.
+headline value of each metric the trials report (for PolyMNIST the thesis's three: latent
+accuracy, missing-modality coherence, PRD), how far each trial got and how it ended.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-HEADLINE_METRICS = {
-    "objective": "objective",
-    "latent_accuracy": "latent acc",
-    "coherence_missing": "coh. missing",
-    "prd": "PRD",
-}
-"""Flat metric name (``ray.train.report``) -> column title."""
+from mmplatform.evaluation.metrics import headline_columns
+
+HEADLINE_METRICS = {"objective": "objective", **headline_columns()}
+"""Flat metric name (``ray.train.report``) -> column title: the objective and each registered
+metric's headline value (``mmplatform.evaluation.metrics``); a table shows those its trials have."""
 
 AGGREGATOR_KEY = "model.aggregator"
 
@@ -52,8 +50,9 @@ def _short(key: str) -> str:
 def trials_table(trials: list[dict[str, Any]], searched: list[str]) -> str:
     """A fixed-width table: rank, trial, aggregator, searched values, headline metrics, epochs, status."""
     params = [key for key in searched if key != AGGREGATOR_KEY]
-    header = ["rank", "trial", "aggregator", *(_short(key) for key in params), *HEADLINE_METRICS.values(),
-              "epochs", "status"]
+    metrics = [name for name in HEADLINE_METRICS if any(trial.get(name) is not None for trial in trials)]
+    header = ["rank", "trial", "aggregator", *(_short(key) for key in params),
+              *(HEADLINE_METRICS[name] for name in metrics), "epochs", "status"]
     rows = [header]
     for rank, trial in enumerate(ranked(trials), start=1):
         config = trial.get("config") or {}
@@ -62,7 +61,7 @@ def trials_table(trials: list[dict[str, Any]], searched: list[str]) -> str:
             str(trial.get("trial_id") or "-"),
             str(config.get(AGGREGATOR_KEY, "-")),
             *(_format(config.get(key)) for key in params),
-            *(_format(trial.get(name)) for name in HEADLINE_METRICS),
+            *(_format(trial.get(name)) for name in metrics),
             _format(trial.get("epoch")),
             str(trial.get("status") or "-"),
         ])

@@ -1,8 +1,9 @@
 """The command line shared by the sweep scripts in ``sweeps/``.
 
-``python sweeps/polymnist_fmean.py [--profile local|cluster|smoke] [--name NAME] ...``:
-prepare the dataset and its coherence classifiers on first use (local and smoke), run or
-continue the ASHA sweep, print the best trial and how to look at the runs in Aim.
+``python sweeps/<study>.py [--profile local|cluster|smoke] [--source DIR] [--name NAME] ...``:
+prepare the dataset's shards (generated offline where the dataset can, else built from the
+official files in ``--source``) and its coherence classifiers on first use, run or continue the
+ASHA sweep, print the trials table and how to look at the runs in Aim.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from mmplatform import paths
 from mmplatform.config import ConfigError, build_config
+from mmplatform.evaluation.metrics import needs_classifiers
 from mmplatform.user_errors import report_user_errors
 from mmplatform.sweep.config import SweepConfig, build_sweep_config
 from mmplatform.sweep.profiles import PROFILES, Study, SweepPlan, dataset_dir
@@ -28,6 +30,9 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=f"ASHA sweep: {study.name}")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="local",
                         help="local: embedded laptop default; cluster: thesis scale on RAY_ADDRESS; smoke: tests")
+    parser.add_argument("--source", type=Path,
+                        help=f"the official files of {study.dataset}, built into shards on first use: "
+                             f"{study.descriptor.official_files}")
     parser.add_argument("--name", help=f"sweep name (default: {study.name}-<profile>); rerun the same name to continue it")
     parser.add_argument("--num-samples", type=int, help="trials to sample")
     parser.add_argument("--aggregators", help=f"comma-separated subset of {', '.join(study.aggregators)} "
@@ -83,40 +88,48 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
     })
 
 
-def prepare_dataset(plan: SweepPlan) -> Path:
-    """Build the shards on first use where the profile allows it, then the classifiers."""
+def prepare_dataset(plan: SweepPlan, source: Path | None) -> Path:
+    """The shards of the profile's folder; built on first use from ``source`` (the official
+    files) or, where the dataset can (PolyMNIST), generated offline."""
+    from data_pipelines.datasets import build_dataset
     from data_pipelines.manifest import ManifestError, load_manifest
-    from data_pipelines.polymnist import build_polymnist
 
     root = dataset_dir(plan)
+    name = plan.dataset.name
     try:
         load_manifest(root / "train")
         load_manifest(root / "test")
+        return root
     except (ManifestError, FileNotFoundError):
-        if not plan.dataset.build_if_missing:
-            raise SystemExit(
-                f"no PolyMNIST shards at {root}: build them first (k8s/jobs build job, or "
-                f"`mmplatform data polymnist --out {root}`)"
-            ) from None
-        print(f"building PolyMNIST shards at {root} (first use)")
-        build_polymnist(root, modalities=plan.dataset.num_modalities, digits=plan.dataset.digits, seed=0)
+        pass
+    if source is not None:
+        print(f"building {name} shards at {root} from {source} (first use)", flush=True)
+        build_dataset(plan.dataset, root, source)
+    elif plan.data.build_offline is not None:
+        print(f"building {name} shards at {root} (first use)", flush=True)
+        plan.data.build_offline(root)
+    else:
+        raise ConfigError(
+            f"no {name} shards at {root}: pass --source DIR with {plan.dataset.official_files}, or build them "
+            f"first (`mmplatform data {name} --source DIR --out {root}`, or the k8s build job)"
+        )
     return root
 
 
-def prepare_classifiers(plan: SweepPlan, root: Path, modalities: list[str], min_accuracy: float) -> None:
+def prepare_classifiers(plan: SweepPlan, root: Path, modalities: list[str], min_score: float) -> None:
     """Train the coherence classifiers until they pass the trials' gate, unless stored ones do."""
-    from mmplatform.coherence_classifiers import ClassifierError, ClassifierSettings, check_accuracy, train_classifiers
+    from mmplatform.coherence_classifiers import ClassifierError, ClassifierSettings, check_scores, train_classifiers
 
     directory = root / paths.CLASSIFIERS_SUBDIR
     try:
-        check_accuracy(directory, modalities, min_accuracy)
+        check_scores(directory, modalities, min_score)
         return
     except ClassifierError:
         pass
-    print(f"training coherence classifiers at {directory} until every modality reaches test accuracy "
-          f"{min_accuracy:g} (at most {plan.classifier_max_epochs} epochs)", flush=True)
-    train_classifiers(root, directory, ClassifierSettings(max_epochs=plan.classifier_max_epochs,
-                                                          min_accuracy=min_accuracy))
+    score = plan.dataset.label_rules.classifier_score
+    print(f"training coherence classifiers at {directory} until every modality reaches test {score} "
+          f"{min_score:g} (at most {plan.classifier_max_epochs} epochs)", flush=True)
+    train_classifiers(root, directory, ClassifierSettings(max_epochs=plan.classifier_max_epochs, min_score=min_score))
 
 
 def cluster_resources() -> dict[str, float]:
@@ -161,6 +174,7 @@ def main(study: Study, argv: list[str] | None = None) -> dict[str, Any]:
 
 def _main(study: Study, argv: list[str] | None) -> dict[str, Any]:
     from mmplatform.sweep.runner import run_sweep
+    from mmplatform.training.launcher import check_config_fits_dataset
 
     started = time.monotonic()
     args = parse_args(study, argv)
@@ -168,9 +182,14 @@ def _main(study: Study, argv: list[str] | None) -> dict[str, Any]:
     config = sweep_config(study, plan, args)
     template = config.validate_trials()
     resources = cluster_resources()
-    root = prepare_dataset(plan)
-    if {"coherence", "prd"} & set(template.evaluation.metrics):
-        prepare_classifiers(plan, root, list(study.modalities), template.evaluation.min_classifier_accuracy)
+    root = prepare_dataset(plan, args.source)
+    # Before the classifiers train for minutes: a config the dataset cannot take fails now.
+    check_config_fits_dataset(template.model_copy(update={"data": template.data.model_copy(update={"path": root})}))
+    if needs_classifiers(template.evaluation.metrics):
+        from data_pipelines.manifest import load_manifest
+
+        modalities = template.data.modalities or list(load_manifest(root / "train").modality_names)
+        prepare_classifiers(plan, root, modalities, template.evaluation.min_classifier_score)
     summary = run_sweep(config, plan.storage_path, resources)
     print(ending(summary, config, plan.storage_path, template.tracking.resolved_repo(), time.monotonic() - started))
     if os.environ.get("MMPLATFORM_SWEEP_SUMMARY"):
