@@ -3,8 +3,9 @@
 ``EvaluationSession`` binds the training's config to the rank-sharded ``Evaluator``: it
 loads the coherence classifiers (refusing unmeasured or weak ones), draws the probe's
 training rows as a deterministic sample of the training split, adds the sweep
-``objective`` to the results, and renders the image grids of conditional generations that
-the tracker logs.
+``objective`` to the results, and renders what the tracker logs of the generations: image
+grids, and text decoded to strings (conditional generations of a few test tuples from every
+subset, and prior samples).
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data_pipelines.datasets import dataset_descriptor
 from data_pipelines.manifest import Manifest, load_manifest
 from mmplatform.config import TrainConfig
 from mmplatform.evaluation.evaluator import EvaluationOptions, Evaluator
+from mmplatform.evaluation.metrics import LATENT_PROBE, LATENT_PROBE_AP, needs_classifiers
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 
-CLASSIFIER_METRICS = {"coherence", "prd"}
 GRID_SAMPLES = 8
 """Test tuples shown per grid (columns); the rows are the subsets."""
+PROBE_METRICS = {LATENT_PROBE.name, LATENT_PROBE_AP.name}
 
 
 def classifiers_dir(config: TrainConfig) -> Path:
@@ -34,12 +37,12 @@ def evaluated_modalities(config: TrainConfig, manifest: Manifest) -> list[str]:
 
 
 def check_classifiers(config: TrainConfig) -> dict[str, float]:
-    """Refuse (``ClassifierError``) classifiers with unknown or too low test accuracy."""
-    from mmplatform.classifier_gate import check_accuracy
+    """Refuse (``ClassifierError``) classifiers with an unknown or too low test score."""
+    from mmplatform.classifier_gate import check_scores
 
     manifest = load_manifest(config.data.root() / "train")
-    return check_accuracy(
-        classifiers_dir(config), evaluated_modalities(config, manifest), config.evaluation.min_classifier_accuracy
+    return check_scores(
+        classifiers_dir(config), evaluated_modalities(config, manifest), config.evaluation.min_classifier_score
     )
 
 
@@ -51,11 +54,26 @@ def objective(scalars: dict[str, float], weights: dict[str, float]) -> float | N
     return sum(scalars[name] * weight for name, weight in present.items()) / sum(present.values())
 
 
+@dataclass(frozen=True)
+class GeneratedSamples:
+    """What the tracker shows of one modality's generations: an image grid or decoded text."""
+
+    kind: str
+    """``conditional`` (first row/line the input, then one per subset) or ``random`` (prior samples)."""
+    modality: str
+    image: torch.Tensor | None = None
+    """Grid ``[3, H, W]`` in [0, 1]."""
+    text: str | None = None
+    """One line per generated text, ``<subset>: <text>``."""
+
+    def context(self) -> dict[str, str]:
+        return {"kind": self.kind, "modality": self.modality, "split": "test"}
+
+
 @dataclass
 class EvaluationOutcome:
     result: EvaluationResult
-    images: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Image grids ``[3, H, W]`` in [0, 1], keyed by ``<kind>/<modality>``."""
+    samples: list[GeneratedSamples] = field(default_factory=list)
 
     def scalars(self) -> dict[str, float]:
         return self.result.scalars()
@@ -75,19 +93,23 @@ class EvaluationSession:
         modalities = evaluated_modalities(config, manifest)
         metrics = set(config.evaluation.metrics)
         classifiers = {}
-        if metrics & CLASSIFIER_METRICS:
+        if needs_classifiers(metrics):
             from mmplatform.coherence_classifiers import load_classifiers
 
             check_classifiers(config)
             classifiers = load_classifiers(classifiers_dir(config), manifest, modalities, device)
         images = tuple(spec.name for spec in manifest.modalities if spec.kind == "image" and spec.name in modalities)
         options = EvaluationOptions.from_config(
-            config.evaluation, seed=config.training.seed, label_kind=manifest.label_kind, prd_modalities=images,
+            config.evaluation, seed=config.training.seed, label_kind=manifest.label_kind,
+            label_names=manifest.label_names, prd_modalities=images,
         )
         self.evaluator = Evaluator(options, classifiers)
         self.image_modalities = images
+        self.text_modalities = {spec.name: spec for spec in manifest.modalities
+                                if spec.kind == "text" and spec.name in modalities}
+        self.decode_text = dataset_descriptor(manifest.dataset).decode_text
         self.probe_reader = None
-        if "latent_probe" in metrics:
+        if metrics & PROBE_METRICS:
             # The probe trains on a fixed, seeded sample of the training split, not all of it.
             self.probe_reader = EvalReader(
                 train_dir, batch_size=config.data.eval_batch_size, modalities=config.data.modalities,
@@ -103,29 +125,39 @@ class EvaluationSession:
         value = objective(result.scalars(), self.config.evaluation.objective_weights)
         if value is not None:
             result.records.append(MetricRecord("objective", value, {"split": "test"}))
-        images = self._image_grids(eval_reader) if rank == 0 else {}
-        return EvaluationOutcome(result, images)
+        samples = self._generated_samples(eval_reader) if rank == 0 else []
+        return EvaluationOutcome(result, samples)
 
     @torch.no_grad()
-    def _image_grids(self, eval_reader) -> dict[str, torch.Tensor]:
+    def _generated_samples(self, eval_reader) -> list[GeneratedSamples]:
         """Conditional generations of a few test tuples from every subset, and prior samples."""
         from torchvision.utils import make_grid
 
         first = next(iter(eval_reader), None)
-        if first is None or not self.image_modalities:
-            return {}
+        if first is None:
+            return []
         device = next(self.model.parameters()).device
         inputs = {name: tensor[:GRID_SAMPLES].to(device) for name, tensor in first.inputs.items()}
         was_training = self.model.training
         self.model.eval()
         try:
-            generated = self.model.generate(inputs)  # modality -> [S, B, C, H, W]
+            generated = self.model.generate(inputs)  # modality -> [S, B, ...]
             prior = self.model.sample_prior(GRID_SAMPLES)
         finally:
             self.model.train(was_training)
-        grids = {}
+        samples = []
         for name in self.image_modalities:
             rows = torch.cat([inputs[name][None], generated[name]], dim=0)  # first row: the input
-            grids[f"conditional/{name}"] = make_grid(rows.flatten(0, 1).float().cpu(), nrow=rows.shape[1])
-            grids[f"random/{name}"] = make_grid(prior[name].float().cpu(), nrow=GRID_SAMPLES)
-        return grids
+            grid = make_grid(rows.flatten(0, 1).float().cpu(), nrow=rows.shape[1])
+            samples.append(GeneratedSamples("conditional", name, image=grid))
+            samples.append(GeneratedSamples("random", name, image=make_grid(prior[name].float().cpu(), nrow=GRID_SAMPLES)))
+        for name, spec in self.text_modalities.items():
+            def lines(label: str, ids: torch.Tensor, spec=spec) -> list[str]:
+                return [f"{label}: {self.decode_text(row, spec.vocabulary)}" for row in ids.cpu().numpy()]
+
+            conditional = lines("input", inputs[name])
+            for subset, texts in zip(self.model.subset_names, generated[name]):
+                conditional += lines(subset, texts)
+            samples.append(GeneratedSamples("conditional", name, text="\n".join(conditional)))
+            samples.append(GeneratedSamples("random", name, text="\n".join(lines("prior", prior[name]))))
+        return samples
