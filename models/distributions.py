@@ -149,13 +149,18 @@ def product_of_experts(
             ``weights[s, m]`` (``1`` for the plain PoE of seed 001 Definition 1 over the subset
             mask, ``pi_m`` for the geometric-mean dynamic prior of seed 004 Definition 3,
             ``0``/``False`` leaves the expert out).
-        prior_weight: include the prior N(0, I) as one more expert with this power
-            (``None``: no prior expert). MoPoE's and MMVAE_Hub's code include it with weight 1
-            in every subset; the equations (seed 001 Def. 1, thesis eq. 3.7) do not.
+        prior_weight: include the prior N(0, I) as one more expert with this power: a scalar
+            shared by every row, or ``[S]``, one power per row (``0`` leaves the prior out of
+            that row); ``None``: no prior expert in any row. The equations (seed 001 Def. 1,
+            thesis eq. 3.7) have no prior expert. The MoPoE code (``poe_fusion``) and MultiVae's
+            MoPoE add it with power 1 only to the product of *all* the model's modalities
+            (``[S]`` weights ``1`` on that row, ``0`` elsewhere); MMVAE_Hub's ``modality_poe``
+            flag adds it to every subset's product (weight ``1``). The aggregators choose with
+            their ``prior_expert`` option (``models.aggregators.base.prior_expert_weights``).
 
     Returns:
-        ``DiagonalGaussian`` with batch ``[S, B]``: precision ``sum_m w_m / var_m`` and mean
-        ``sum_m (w_m / var_m) mu_m / precision``.
+        ``DiagonalGaussian`` with batch ``[S, B]``: precision ``w_prior + sum_m w_m / var_m`` and
+        mean ``sum_m (w_m / var_m) mu_m / precision``.
     """
     return ShiftedExperts.from_experts(mu, logvar, weights, prior_weight).product()
 
@@ -167,9 +172,11 @@ class ShiftedExperts:
     ``scaled = exp(-logvar - shift)`` and ``scaled_mean = scaled * mu`` (``[M, B, D]``),
     ``shift`` ``[B, D]`` the largest contributing log-precision (the logsumexp trick, one shift
     shared by all rows so that the sum over experts is one ``[S, M] @ [M, B*D]`` matmul instead
-    of an ``[S, M, B, D]`` tensor), ``prior`` ``[B, D]`` the shifted precision of the prior
-    expert or ``None``. A row's product has precision ``P exp(shift)``, mean ``N / P`` and
-    log-variance ``-shift - log P``, where ``P = w @ scaled (+ prior)`` and ``N = w @ scaled_mean``.
+    of an ``[S, M, B, D]`` tensor). The prior expert N(0, I): ``prior`` ``[B, D]`` its shifted
+    precision ``exp(-shift)`` at power 1 and ``prior_weights`` ``[S]`` its power in each row
+    (both ``None`` without a prior expert). A row's product has precision ``P exp(shift)``, mean
+    ``N / P`` and log-variance ``-shift - log P``, where ``P = w @ scaled (+ w_prior prior)`` and
+    ``N = w @ scaled_mean`` (the prior's mean is 0: it adds precision only).
     """
 
     scaled: Tensor
@@ -177,11 +184,14 @@ class ShiftedExperts:
     shift: Tensor
     prior: Tensor | None
     weights: Tensor
+    prior_weights: Tensor | None = None
 
     @classmethod
     def from_experts(
         cls, mu: Tensor, logvar: Tensor, weights: Tensor, prior_weight: float | Tensor | None = None
     ) -> "ShiftedExperts":
+        """``prior_weight``: ``None``, a scalar for every row, or ``[S]`` per row (see
+        ``product_of_experts``)."""
         w = weights.to(mu.dtype)
         neg_logvar = -logvar
         # Only experts used by some row set the shift: placeholders of missing modalities must not.
@@ -189,27 +199,35 @@ class ShiftedExperts:
         shift_source = neg_logvar.masked_fill(~active[:, None, None], float("-inf"))
         shift = shift_source.amax(0)
         if prior_weight is not None:
-            shift = shift.clamp_min(0.0)  # the prior's log-precision is 0
+            # The prior's log-precision is 0; with the shift >= 0 its scaled precision stays <= 1.
+            # Shared by all rows, also those without the prior (the result does not depend on it).
+            shift = shift.clamp_min(0.0)
         # The result is exactly invariant to the shift, so no gradient has to flow through it.
         shift = shift.detach()
         # exp(-inf) = 0 for unused experts, so their placeholders cannot overflow into 0 * inf.
         scaled = (shift_source - shift).exp()  # in [0, 1]
-        prior = None
+        prior = prior_weights = None
         if prior_weight is not None:
             pw = torch.as_tensor(prior_weight, dtype=mu.dtype, device=mu.device)
-            if pw.dim() > 0:
-                raise ValueError("prior_weight must be a scalar (one weight shared by all rows)")
-            prior = pw * (-shift).exp()
-        return cls(scaled, scaled * mu, shift, prior, w)
+            rows = w.shape[0]
+            if pw.dim() == 0:
+                pw = pw.expand(rows)
+            elif pw.shape != (rows,):
+                raise ValueError(
+                    f"prior_weight must be a scalar or one weight per row of weights ({rows}), "
+                    f"got shape {tuple(pw.shape)}"
+                )
+            prior = (-shift).exp()
+            prior_weights = pw
+        return cls(scaled, scaled * mu, shift, prior, w, prior_weights)
 
-    def sums(self, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(P, N)`` ``[S, B, D]`` for the rows of ``weights`` (default: all rows)."""
-        w = self.weights if weights is None else weights
+    def sums(self) -> tuple[Tensor, Tensor]:
+        """``(P, N)`` ``[S, B, D]`` for every row of ``weights``."""
         num_modalities, batch, dim = self.scaled.shape
-        precision = (w @ self.scaled.reshape(num_modalities, -1)).reshape(-1, batch, dim)
-        weighted_mean = (w @ self.scaled_mean.reshape(num_modalities, -1)).reshape(-1, batch, dim)
+        precision = (self.weights @ self.scaled.reshape(num_modalities, -1)).reshape(-1, batch, dim)
+        weighted_mean = (self.weights @ self.scaled_mean.reshape(num_modalities, -1)).reshape(-1, batch, dim)
         if self.prior is not None:
-            precision = precision + self.prior
+            precision = torch.addcmul(precision, self.prior_weights[:, None, None], self.prior)
         return precision, weighted_mean
 
     def product(self) -> DiagonalGaussian:
@@ -226,7 +244,7 @@ class ShiftedExperts:
         precision = torch.einsum("kbm,mbd->kbd", row_weights, self.scaled)
         weighted_mean = torch.einsum("kbm,mbd->kbd", row_weights, self.scaled_mean)
         if self.prior is not None:
-            precision = precision + self.prior
+            precision = torch.addcmul(precision, self.prior_weights[index].unsqueeze(-1), self.prior)  # [K, B, 1] x [B, D]
         return DiagonalGaussian(weighted_mean / precision, (-self.shift) - precision.log())
 
 

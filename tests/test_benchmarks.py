@@ -120,6 +120,25 @@ def check_celeba_data(result: dict, out: Path) -> None:
     assert len(result["machine"]["load_average"]) == len(result["machine"]["load_average_at_start"]) == 3
 
 
+def check_component_selection(result: dict, out: Path) -> None:
+    results = result["results"]
+    assert list(results) == result["settings"]["aggregators"] and results
+    for name, orders in results.items():
+        assert set(orders) == {"shuffled", "fixed"}, name
+        for order, row in orders.items():
+            variances = row["gradient_variance"]
+            assert set(variances) == {"random", "stratified"}
+            assert all(positive(v) for v in variances.values()), (name, order, variances)
+            # Rounded to 4 decimals in the report.
+            assert row["variance_ratio"] == pytest.approx(variances["stratified"] / variances["random"], abs=1e-4)
+            low, high = row["ratio_ci95"]
+            assert 0 < low <= high, (name, order, row)
+            assert finite(row["mean_gap_z"]) and row["mean_gap_z"] >= 0
+    headline = results[result["settings"]["aggregators"][0]]["shuffled"]
+    assert result["variance_ratio"] == headline["variance_ratio"]
+    assert result["gradient_variance"] == headline["gradient_variance"]
+
+
 def check_data_reader(result: dict, out: Path) -> None:
     for key in ("shard_samples_per_s", "png_samples_per_s", "shard_samples_per_s_10x", "shard_peak_rss_mb",
                 "png_peak_rss_mb", "shard_peak_rss_mb_10x", "shard_peak_pss_mb", "png_peak_pss_mb",
@@ -194,6 +213,7 @@ CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "aggregator_cost": check_aggregator_cost,
     "asha_efficiency": check_asha_efficiency,
     "celeba_data": check_celeba_data,
+    "component_selection": check_component_selection,
     "data_reader": check_data_reader,
     "evaluation": check_evaluation,
     "latent_emergence": check_latent_emergence,

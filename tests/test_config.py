@@ -42,12 +42,12 @@ def test_unknown_aggregator_lists_the_registered_ones():
 def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  aggregator: poe\n  beta: 1.0\ndata:\n  batch_size: 32\n")
-    config = load_config(path, ["model.beta=2.5", "data.modalities=[m0, m2]", "model.aggregator_options.prior_expert=true"])
+    config = load_config(path, ["model.beta=2.5", "data.modalities=[m0, m2]", "model.aggregator_options.prior_expert=full_set"])
     assert config.model.aggregator == "poe"
     assert config.model.beta == 2.5
     assert config.data.batch_size == 32
     assert config.data.modalities == ["m0", "m2"]
-    assert config.model.aggregator_options == {"prior_expert": True}
+    assert config.model.aggregator_options == {"prior_expert": "full_set"}
 
 
 def test_bad_files_and_overrides_are_reported(tmp_path):

@@ -126,8 +126,8 @@ def test_unknown_dataset_is_refused_naming_the_registered_ones():
 @pytest.mark.parametrize(
     ("aggregator", "options", "expected"),
     [
-        # Today's silent failure: a string where a flag is meant.
-        ("mopoe", {"prior_expert": "full_set"}, "model.aggregator_options: prior_expert: Input should be a valid boolean"),
+        # Once a silent failure: a flag where a mode is meant.
+        ("mopoe", {"prior_expert": True}, "model.aggregator_options: prior_expert: Input should be 'none', 'full_set' or 'all_subsets'"),
         ("mopgfm", {"num_flow": 2}, "model.aggregator_options: num_flow: not an option of mopgfm (its options: flow_backend"),
         ("mofop", {"coupling_width": "wide"}, "model.aggregator_options: coupling_width: Input should be a valid integer"),
     ],

@@ -52,7 +52,7 @@ def test_mopoe_on_unimodal_subsets_is_moe(experts):
     )
 
 
-@pytest.mark.parametrize("prior_expert", [False, True])
+@pytest.mark.parametrize("prior_expert", ["none", "full_set", "all_subsets"])
 def test_mopoe_on_the_full_set_is_poe(experts, prior_expert):
     mu, logvar = experts
     mask = subset_mask(M)

@@ -26,7 +26,7 @@ import inspect
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -169,6 +169,41 @@ def validate_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
                 problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
         raise ValueError("; ".join(problems)) from None
     return {key: getattr(validated, key) for key in options}
+
+
+PriorExpert = Literal["none", "full_set", "all_subsets"]
+"""Where an aggregator that forms products of experts puts N(0, I) as one more expert
+(option ``prior_expert``, a string so that it is logged as an hparam):
+
+* ``none``: in no product, as the equations (seed 001 Definition 1; thesis eq. 3.3, 3.7);
+* ``full_set``: only in the product of the subset that holds *every* modality of the model, as
+  the MoPoE code (``poe_fusion`` adds it when the subset has all modalities) and MultiVae's
+  MoPoE. A batch with missing modalities has no such row, so none of its rows gets it: a
+  subset's posterior never depends on which other modalities are present;
+* ``all_subsets``: in every subset's product, as MMVAE_Hub's ``modality_poe`` flag (and the
+  MVAE code's PoE).
+"""
+
+PRIOR_EXPERT_MODES: tuple[str, ...] = typing.get_args(PriorExpert)
+
+
+def check_choice(option: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Refuse ``value`` unless it is one of ``allowed`` (constructors called without
+    ``validate_options``, e.g. from tests, get the same refusal as configs)."""
+    if not isinstance(value, str) or value not in allowed:
+        choices = ", ".join(repr(choice) for choice in allowed)
+        raise ValueError(f"{option} must be one of {choices}, got {value!r}")
+
+
+def prior_expert_weights(mode: str, subsets: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """``[S]`` power of the prior expert in each row of ``subsets`` ``[S, M]`` (the
+    ``prior_weight`` of ``distributions.product_of_experts``), or ``None`` for ``none``."""
+    check_choice("prior_expert", mode, PRIOR_EXPERT_MODES)
+    if mode == "none":
+        return None
+    if mode == "all_subsets":
+        return torch.ones(subsets.shape[0], dtype=dtype, device=subsets.device)
+    return (subsets != 0).all(-1).to(dtype)  # full_set: the row holding every modality of the model
 
 
 def subset_sizes(subsets: Tensor) -> Tensor:

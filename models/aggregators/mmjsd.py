@@ -17,6 +17,13 @@ Subsets used: the **unimodal** rows (the experts present) plus the dynamic prior
   missing modalities the weights of the absent ones are dropped and the rest renormalized.
 * For the importance-weighted bound (K > 1) the prior in the weights is the pre-defined
   N(0, I): the dynamic prior depends on X and enters only through the closed-form JS term.
+* No ``prior_expert`` option: mmJSD forms no subset products (its subsets are mixtures), and
+  N(0, I) is already in the dynamic prior with its weight ``pi_{M+1}`` (Definition 3).
+* Option ``component_selection`` (``mixture.ComponentSelection``, default
+  ``mixture.DEFAULT_COMPONENT_SELECTION``): ``random`` draws each training sample's expert
+  independently from the renormalized ``pi_j``; ``stratified`` is the mmjsd code's
+  ``mixture_component_selection``, contiguous shares of the batch in proportion to them
+  (``mixture.stratified_components``; training mode only).
 """
 
 from __future__ import annotations
@@ -26,8 +33,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from models.aggregators.base import Aggregation, Aggregator, register_aggregator
-from models.aggregators.mixture import GaussianMixture
+from models.aggregators.base import Aggregation, Aggregator, check_choice, register_aggregator
+from models.aggregators.mixture import (
+    COMPONENT_SELECTIONS,
+    DEFAULT_COMPONENT_SELECTION,
+    ComponentSelection,
+    GaussianMixture,
+    training_selection,
+)
 from models.aggregators.moe import subset_mixtures, unimodal_experts_present
 from models.distributions import DiagonalGaussian, product_of_experts
 
@@ -36,8 +49,16 @@ from models.distributions import DiagonalGaussian, product_of_experts
 class MmJSDAggregator(Aggregator):
     name = "mmjsd"
 
-    def __init__(self, num_modalities: int, latent_dim: int, weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_modalities: int,
+        latent_dim: int,
+        weights: Sequence[float] | None = None,
+        component_selection: ComponentSelection = DEFAULT_COMPONENT_SELECTION,
+    ) -> None:
         super().__init__(num_modalities, latent_dim)
+        check_choice("component_selection", component_selection, COMPONENT_SELECTIONS)
+        self.component_selection = component_selection
         if weights is None:
             weights = [1.0 / (num_modalities + 1)] * (num_modalities + 1)
         if len(weights) != num_modalities + 1 or min(weights) < 0:
@@ -75,7 +96,7 @@ class MmJSDAggregator(Aggregator):
 
     def forward(self, mu: Tensor, logvar: Tensor, subsets: Tensor, num_samples: int) -> Aggregation:
         joint = self.joint_posterior(mu, logvar, subsets)
-        z = joint.rsample(num_samples)
+        z = joint.rsample(num_samples, training_selection(self, self.component_selection))
         return Aggregation(
             z=z,
             log_q=lambda: joint.log_prob(z),  # deferred: unused by the K = 1 closed-form ELBO

@@ -6,14 +6,26 @@ density. Divergence: the average of the closed-form unimodal KLs, the Jensen upp
 the mixture KL (thesis eq. 3.9, Lemma 3.1 of seed 004), as in the MoPoE paper's baselines.
 Subset posteriors: the uniform mixture of the experts in each subset (how MMVAE conditions on
 several modalities).
+
+Option ``component_selection`` (``mixture.ComponentSelection``, default
+``mixture.DEFAULT_COMPONENT_SELECTION``): ``random`` draws each training sample's expert
+independently, ``stratified`` gives every expert present an equal contiguous share of the batch
+(``mixture.stratified_components``; training mode only).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from models.aggregators.base import Aggregation, Aggregator, register_aggregator, subset_sizes
-from models.aggregators.mixture import GaussianMixture, uniform_weights
+from models.aggregators.base import Aggregation, Aggregator, check_choice, register_aggregator, subset_sizes
+from models.aggregators.mixture import (
+    COMPONENT_SELECTIONS,
+    DEFAULT_COMPONENT_SELECTION,
+    ComponentSelection,
+    GaussianMixture,
+    training_selection,
+    uniform_weights,
+)
 from models.distributions import DiagonalGaussian
 from models.subsets import unimodal_rows
 
@@ -33,6 +45,13 @@ def subset_mixtures(mu: Tensor, logvar: Tensor, subsets: Tensor) -> GaussianMixt
 class MoEAggregator(Aggregator):
     name = "moe"
 
+    def __init__(
+        self, num_modalities: int, latent_dim: int, component_selection: ComponentSelection = DEFAULT_COMPONENT_SELECTION
+    ) -> None:
+        super().__init__(num_modalities, latent_dim)
+        check_choice("component_selection", component_selection, COMPONENT_SELECTIONS)
+        self.component_selection = component_selection
+
     def subset_posteriors(self, mu: Tensor, logvar: Tensor, subsets: Tensor) -> GaussianMixture:
         return subset_mixtures(mu, logvar, subsets)
 
@@ -43,7 +62,7 @@ class MoEAggregator(Aggregator):
     def forward(self, mu: Tensor, logvar: Tensor, subsets: Tensor, num_samples: int) -> Aggregation:
         present = unimodal_experts_present(subsets)
         joint = self.joint_posterior(mu, logvar, subsets)
-        z = joint.rsample(num_samples)
+        z = joint.rsample(num_samples, training_selection(self, self.component_selection))
         divergence = DiagonalGaussian(mu[present], logvar[present]).kl_standard_normal().mean(0, keepdim=True)
         return Aggregation(
             z=z,

@@ -13,7 +13,14 @@ sample came from. Only the forward direction is used, so every back end qualifie
 ``nflows_maf`` included (the thesis notes MoFoP does not need ``f^-1``).
 
 Sampling: every subset's PoE is sampled (``[K, S, B, D]``) and flowed in one pass; the joint
-sample is selected per ``(k, b)`` from one subset (component selection, as MoPoE).
+sample is selected per ``(k, b)`` from one subset (component selection, as MoPoE; option
+``component_selection``, ``mixture.ComponentSelection``: ``random`` or ``stratified``, default
+``mixture.DEFAULT_COMPONENT_SELECTION``, stratified in training mode only).
+
+Prior expert (option ``prior_expert``, ``base.PriorExpert``): ``none`` (default, the PoE of
+the experts alone, eq. 3.7), ``full_set`` (N(0, I) as one more expert in the base PoE of all
+the model's modalities only, as the MoPoE code) or ``all_subsets`` (in every subset's base PoE,
+MMVAE_Hub's ``modality_poe``); the flow acts after the product either way.
 
 Divergence (``divergence`` option):
 
@@ -43,9 +50,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from models.aggregators.base import Aggregation, Aggregator, register_aggregator
+from models.aggregators.base import (
+    PRIOR_EXPERT_MODES,
+    Aggregation,
+    Aggregator,
+    PriorExpert,
+    check_choice,
+    prior_expert_weights,
+    register_aggregator,
+)
 from models.aggregators.fmean_common import FlowOptions, neutralize_unused_experts
-from models.aggregators.mixture import GaussianMixture
+from models.aggregators.mixture import (
+    COMPONENT_SELECTIONS,
+    DEFAULT_COMPONENT_SELECTION,
+    ComponentSelection,
+    GaussianMixture,
+    training_selection,
+)
 from models.distributions import DiagonalGaussian, product_of_experts, standard_normal_log_prob
 from models.flows import Flow
 
@@ -82,7 +103,8 @@ DIVERGENCES: dict[str, Callable[[Tensor], Tensor] | None] = {
 class MoFoPAggregator(Aggregator):
     """Options: ``flow_backend``, ``num_flows`` (1), ``coupling_layers`` (8),
     ``coupling_width`` (64), ``clamp`` (2.0) — Table 5.1 defaults — ``divergence``
-    (``subset_mc``), ``prior_expert`` (False: the PoE of the experts alone, eq. 3.7)."""
+    (``subset_mc``), ``prior_expert`` (``none``: the PoE of the experts alone, eq. 3.7),
+    ``component_selection`` (module docstring)."""
 
     name = "mofop"
 
@@ -96,19 +118,24 @@ class MoFoPAggregator(Aggregator):
         coupling_width: int = 64,
         clamp: float = 2.0,
         divergence: str = "subset_mc",
-        prior_expert: bool = False,
+        prior_expert: PriorExpert = "none",
+        component_selection: ComponentSelection = DEFAULT_COMPONENT_SELECTION,
     ) -> None:
         super().__init__(num_modalities, latent_dim)
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown mofop divergence {divergence!r}; choose from {sorted(DIVERGENCES)}")
+        check_choice("prior_expert", prior_expert, PRIOR_EXPERT_MODES)
+        check_choice("component_selection", component_selection, COMPONENT_SELECTIONS)
         self.flow = FlowOptions(flow_backend, num_flows, coupling_layers, coupling_width, clamp).build(latent_dim)
         self.divergence_kind = divergence
         self.prior_expert = prior_expert
+        self.component_selection = component_selection
 
     def base_posteriors(self, mu: Tensor, logvar: Tensor, subsets: Tensor) -> DiagonalGaussian:
         """The PoE of every subset before the flow, batch ``[S, B]``."""
         mu, logvar = neutralize_unused_experts(mu, logvar, subsets)
-        return product_of_experts(mu, logvar, subsets, prior_weight=1.0 if self.prior_expert else None)
+        prior_weight = prior_expert_weights(self.prior_expert, subsets, mu.dtype)
+        return product_of_experts(mu, logvar, subsets, prior_weight=prior_weight)
 
     def subset_posteriors(self, mu: Tensor, logvar: Tensor, subsets: Tensor) -> FlowedGaussian:
         return FlowedGaussian(self.base_posteriors(mu, logvar, subsets), self.flow)
@@ -121,7 +148,7 @@ class MoFoPAggregator(Aggregator):
 
         # Component selection: one subset per (k, b), then the exact mixture density at z_0.
         mixture = GaussianMixture(base, torch.full((1, num_subsets), 1.0 / num_subsets, dtype=mu.dtype, device=mu.device))
-        index = mixture.select(num_samples)  # [K, 1, B]
+        index = mixture.select(num_samples, training_selection(self, self.component_selection))  # [K, 1, B]
         gather = index.unsqueeze(-1).expand(-1, -1, -1, self.latent_dim)
         z_joint = z.gather(1, gather)
 

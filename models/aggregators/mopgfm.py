@@ -54,9 +54,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from models.aggregators.base import Aggregation, Aggregator, register_aggregator
+from models.aggregators.base import Aggregation, Aggregator, check_choice, register_aggregator
 from models.aggregators.fmean_common import FlowOptions, neutralize_unused_experts
-from models.aggregators.mixture import GaussianMixture
+from models.aggregators.mixture import (
+    COMPONENT_SELECTIONS,
+    DEFAULT_COMPONENT_SELECTION,
+    ComponentSelection,
+    GaussianMixture,
+    training_selection,
+)
 from models.distributions import DiagonalGaussian
 from models.fmean import fmean
 
@@ -74,7 +80,9 @@ VARIANCE_DOMAINS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor],
 class MoPGfMAggregator(Aggregator):
     """Options: ``flow_backend``, ``num_flows`` (1), ``coupling_layers`` (8),
     ``coupling_width`` (64), ``clamp`` (2.0) — Table 5.1 defaults, used for both ``f_mu``
-    and ``f_sigma`` — and ``variance_domain`` (``log``)."""
+    and ``f_sigma`` — ``variance_domain`` (``log``) and ``component_selection`` (how a training
+    sample's subset is chosen, ``mixture.ComponentSelection``; default
+    ``mixture.DEFAULT_COMPONENT_SELECTION``)."""
 
     name = "mopgfm"
 
@@ -88,8 +96,11 @@ class MoPGfMAggregator(Aggregator):
         coupling_width: int = 64,
         clamp: float = 2.0,
         variance_domain: str = "log",
+        component_selection: ComponentSelection = DEFAULT_COMPONENT_SELECTION,
     ) -> None:
         super().__init__(num_modalities, latent_dim)
+        check_choice("component_selection", component_selection, COMPONENT_SELECTIONS)
+        self.component_selection = component_selection
         if variance_domain not in VARIANCE_DOMAINS:
             raise ValueError(f"unknown variance_domain {variance_domain!r}; choose from {sorted(VARIANCE_DOMAINS)}")
         options = FlowOptions(flow_backend, num_flows, coupling_layers, coupling_width, clamp)
@@ -109,6 +120,7 @@ class MoPGfMAggregator(Aggregator):
         posteriors = self.subset_posteriors(mu, logvar, subsets)
         num_subsets = subsets.shape[0]
         weights = torch.full((1, num_subsets), 1.0 / num_subsets, dtype=mu.dtype, device=mu.device)
-        z, log_q = GaussianMixture(posteriors, weights).rsample_with_log_prob(num_samples)
+        selection = training_selection(self, self.component_selection)
+        z, log_q = GaussianMixture(posteriors, weights).rsample_with_log_prob(num_samples, selection)
         divergence = posteriors.kl_standard_normal().mean(0, keepdim=True)
         return Aggregation(z=z, log_q=log_q, subset_posteriors=posteriors, divergence=divergence)

@@ -9,7 +9,8 @@ ten networks. This autograd node takes the ``[M, B, D]`` shifted experts
 in cache, recomputing the chunk's sums in backward instead of saving them; only ``[M, B, D]``
 and ``[S, B]`` tensors reach memory.
 
-Math, per row and chunk (``c = exp(-shift)``, ``P = w @ scaled (+ prior)``,
+Math, per row and chunk (``c = exp(-shift)``, ``P = w @ scaled (+ w_prior prior)`` with the
+row's power ``w_prior`` of the prior expert, ``models.aggregators.base.prior_expert_weights``,
 ``N = w @ scaled_mean``, ``r = 1 / P``, ``m = N r`` the mean, ``c r`` the variance):
 
     KL = 1/2 sum_d (c r + m^2 - 1 + shift + log P)
@@ -36,8 +37,11 @@ def _chunks(num_rows: int, batch: int, dim: int, itemsize: int) -> list[slice]:
     return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
 
 
-def _sums(weights: Tensor, scaled: Tensor, scaled_mean: Tensor, prior: Tensor | None, part: slice) -> tuple[Tensor, Tensor]:
-    """``(P, N)`` ``[S, chunk, D]`` for the batch rows ``part``.
+def _sums(
+    weights: Tensor, scaled: Tensor, scaled_mean: Tensor, prior: Tensor | None, prior_weights: Tensor | None, part: slice
+) -> tuple[Tensor, Tensor]:
+    """``(P, N)`` ``[S, chunk, D]`` for the batch rows ``part``; ``prior`` ``[B, D]`` enters row
+    ``s`` with the power ``prior_weights[s]``.
 
     The chunk is a column block of the ``[M, B*D]`` view, a strided matrix BLAS reads in place
     (no copy of the chunk).
@@ -48,13 +52,13 @@ def _sums(weights: Tensor, scaled: Tensor, scaled_mean: Tensor, prior: Tensor | 
     precision = (weights @ scaled.reshape(num_modalities, -1)[:, columns]).reshape(-1, rows, dim)
     weighted_mean = (weights @ scaled_mean.reshape(num_modalities, -1)[:, columns]).reshape(-1, rows, dim)
     if prior is not None:
-        precision += prior[part]
+        precision.addcmul_(prior_weights[:, None, None], prior[part])
     return precision, weighted_mean
 
 
 class _SubsetKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scaled, scaled_mean, weights, shift, prior):
+    def forward(ctx, scaled, scaled_mean, weights, shift, prior, prior_weights):
         scaled, scaled_mean = scaled.contiguous(), scaled_mean.contiguous()
         num_modalities, batch, dim = scaled.shape
         num_rows = weights.shape[0]
@@ -62,29 +66,29 @@ class _SubsetKL(torch.autograd.Function):
         c = (-shift).exp()
         constant = shift.sum(-1) - dim  # sum_d (shift - 1), shared by all rows
         for part in _chunks(num_rows, batch, dim, scaled.element_size()):
-            precision, weighted_mean = _sums(weights, scaled, scaled_mean, prior, part)
+            precision, weighted_mean = _sums(weights, scaled, scaled_mean, prior, prior_weights, part)
             reciprocal = precision.reciprocal()
             mean = weighted_mean.mul_(reciprocal)
             total = precision.log_().sum(-1)
             total += reciprocal.mul_(c[part]).sum(-1)
             total += mean.square().sum(-1)
             kl[:, part] = 0.5 * (total + constant[part])
-        ctx.save_for_backward(scaled, scaled_mean, weights, c, prior)
+        ctx.save_for_backward(scaled, scaled_mean, weights, c, prior, prior_weights)
         ctx.has_prior = prior is not None
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl):
-        scaled, scaled_mean, weights, c, prior = ctx.saved_tensors
+        scaled, scaled_mean, weights, c, prior, prior_weights = ctx.saved_tensors
         scaled, scaled_mean = scaled.contiguous(), scaled_mean.contiguous()  # no-ops: made so in forward
-        prior = prior if ctx.has_prior else None
+        prior, prior_weights = (prior, prior_weights) if ctx.has_prior else (None, None)
         num_modalities, batch, dim = scaled.shape
         num_rows = weights.shape[0]
         grad_scaled = torch.empty_like(scaled)
         grad_scaled_mean = torch.empty_like(scaled_mean)
         transposed = weights.t()
         for part in _chunks(num_rows, batch, dim, scaled.element_size()):
-            precision, weighted_mean = _sums(weights, scaled, scaled_mean, prior, part)
+            precision, weighted_mean = _sums(weights, scaled, scaled_mean, prior, prior_weights, part)
             g = grad_kl[:, part].unsqueeze(-1)
             reciprocal = precision.reciprocal_()
             mean = weighted_mean.mul_(reciprocal)
@@ -96,9 +100,12 @@ class _SubsetKL(torch.autograd.Function):
             rows = grad_p.shape[1]
             grad_scaled[:, part] = (transposed @ grad_p.reshape(num_rows, -1)).reshape(num_modalities, rows, dim)
             grad_scaled_mean[:, part] = (transposed @ grad_n.reshape(num_rows, -1)).reshape(num_modalities, rows, dim)
-        return grad_scaled, grad_scaled_mean, None, None, None
+        return grad_scaled, grad_scaled_mean, None, None, None, None
 
 
 def subset_kls(experts: ShiftedExperts) -> Tensor:
-    """``[S, B]`` KL(PoE_s || N(0, I)) for every row of ``experts.weights``."""
-    return _SubsetKL.apply(experts.scaled, experts.scaled_mean, experts.weights, experts.shift, experts.prior)
+    """``[S, B]`` KL(PoE_s || N(0, I)) for every row of ``experts.weights``, each row with the
+    prior expert at its own power ``experts.prior_weights`` (if any)."""
+    return _SubsetKL.apply(
+        experts.scaled, experts.scaled_mean, experts.weights, experts.shift, experts.prior, experts.prior_weights
+    )
