@@ -173,7 +173,7 @@ def run_case(name: str, case: Case, data: dict, args: argparse.Namespace) -> dic
         if step % args.probe_every == 0 or step == args.steps:
             point = {"step": step, "linear_probe": probe(model, probe_train, probe_labels, test, test_labels),
                      "divergence": round(float(output.terms["divergence"]), 2),
-                     "nll": {k: round(float(output.terms[f"nll/{k}"]), 1) for k in names}}
+                     "nll": {k: round(float(output.modality_terms["nll"][k]), 1) for k in names}}
             curve.append(point)
             print(f"{name} step {step}: probe {point['linear_probe']} divergence {point['divergence']} "
                   f"nll {point['nll']}", file=sys.stderr, flush=True)

@@ -53,10 +53,20 @@ class ObjectiveOutput:
     """Scalar to minimize: the negative bound (batch mean) plus the aggregator's extra losses."""
 
     terms: dict[str, Tensor] = field(default_factory=dict)
-    """Scalars for logging: ``bound``, ``divergence``, ``nll/<modality>`` (negative
-    log-likelihood per sample, mean over samples), the extra losses by name, ``loss``, and with
-    style latents ``style_divergence/<modality>`` (the closed-form KL of ``StyleLatent``,
+    """Scalars for logging: ``bound``, ``divergence``, the extra losses by name, ``loss``."""
+
+    modality_terms: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    """Scalars per modality, by name: ``nll`` (negative log-likelihood per sample, mean over
+    samples) and, with style latents, ``style_divergence`` (the closed-form KL of ``StyleLatent``,
     batch mean, unweighted like ``divergence``)."""
+
+    def logged(self) -> dict[tuple[str, str], Tensor]:
+        """Every logged scalar keyed by ``(name, modality)``, ``""`` for a term of the whole model
+        (the name and the modality stay apart all the way to Aim's context)."""
+        logged = {(name, ""): value for name, value in self.terms.items()}
+        logged.update(((name, modality), value) for name, per_modality in self.modality_terms.items()
+                      for modality, value in per_modality.items())
+        return logged
 
 
 @dataclass
@@ -133,9 +143,8 @@ def multimodal_objective(
         terms[name] = value.detach()
     terms["bound"] = bound.mean().detach()
     terms["divergence"] = divergence.mean().detach()
-    for name, value in log_likelihoods.items():
-        terms[f"nll/{name}"] = -value.mean().detach()
-    for name, style in style_latents.items():
-        terms[f"style_divergence/{name}"] = style.kl.mean().detach()
+    modality_terms = {"nll": {name: -value.mean().detach() for name, value in log_likelihoods.items()}}
+    if style_latents:
+        modality_terms["style_divergence"] = {name: style.kl.mean().detach() for name, style in style_latents.items()}
     terms["loss"] = loss.detach()
-    return ObjectiveOutput(loss=loss, terms=terms)
+    return ObjectiveOutput(loss=loss, terms=terms, modality_terms=modality_terms)

@@ -108,6 +108,9 @@ def test_lost_worker_resumes_from_checkpoint_into_the_same_aim_run(
     series = query_metrics(aim_server.url, f'run.hash == "{run.run_hash}"')
     for loss in _steps(series, "loss", split="train"):
         assert loss.steps == [1, 2, 3], "every epoch exactly once, none duplicated by the restart"
+    # Per-modality terms: one name, the modality in the context (not "nll/m0").
+    assert {s.context["modality"] for s in _steps(series, "nll", split="train")} == {"m0", "m1", "m2"}
+    assert not any(s.name.startswith("nll/") for s in series)
     missing = _steps(series, "coherence", kind="missing", split="test")
     assert {s.context.get("subset") for s in missing} >= {"m0", "m0_m1", None}
     per_pair = [s for s in missing if s.context.get("subset") == "m0" and s.context.get("modality") == "m1"]

@@ -33,14 +33,17 @@ from mmplatform.training.run_tracking import open_tracker
 logger = logging.getLogger(__name__)
 
 TRAIN_CONTEXT = {"split": "train"}
+STEPS, SKIPPED_STEPS = ("steps", ""), ("skipped_steps", "")
+"""Keys of the step counts among an epoch's summed ``(name, modality)`` terms."""
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
-    """One all-reduce for all of the epoch's accumulated terms (same key order on every rank)."""
+def _all_reduce_sums(sums: dict[tuple[str, str], float], device: torch.device) -> dict[tuple[str, str], float]:
+    """One all-reduce for all of the epoch's accumulated terms, keyed ``(name, modality)`` (same
+    key order on every rank)."""
     keys = sorted(sums)
     values = torch.tensor([sums[key] for key in keys], dtype=torch.float64, device=device)
     if _distributed():
@@ -117,10 +120,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             train_reader.set_epoch(epoch)
             sums = _train_one_epoch(ddp_model, optimizer, guard, make_loader(train_reader, config.data.loader_workers), device)
             totals = _all_reduce_sums(sums, device)
-            num_steps = max(totals.pop("steps"), 1.0)
-            skipped_steps = totals.pop("skipped_steps")
+            num_steps = max(totals.pop(STEPS), 1.0)
+            skipped_steps = totals.pop(SKIPPED_STEPS)
             # Per-step means of every loss term over all ranks, and the guard's count.
-            train_records = [MetricRecord(name, value / num_steps, TRAIN_CONTEXT) for name, value in totals.items()]
+            train_records = [
+                MetricRecord(name, value / num_steps, {**TRAIN_CONTEXT, "modality": modality} if modality else TRAIN_CONTEXT)
+                for (name, modality), value in totals.items()
+            ]
             train_records.append(MetricRecord("bad_steps", float(guard.bad_steps), TRAIN_CONTEXT))
             metrics = {record.flat_name: record.value for record in train_records}
             status = DIVERGED if guard.diverged else (FINISHED if epoch == config.training.epochs else RUNNING)
@@ -170,7 +176,7 @@ def _train_one_epoch(model, optimizer, guard: DivergenceGuard, loader, device) -
     model.train()
     steps, skipped = 0, 0
     # Loss terms accumulate on the device and are read once per epoch, not once per step.
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[tuple[str, str], torch.Tensor] = {}
     for batch in loader:
         inputs = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.inputs.items()}
         output = model(inputs)
@@ -179,10 +185,10 @@ def _train_one_epoch(model, optimizer, guard: DivergenceGuard, loader, device) -
         if guard.check_and_clip(model.parameters()):
             optimizer.step()
             steps += 1
-            for name, value in {"loss": output.loss, **output.terms}.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
+            for key, value in output.logged().items():
+                sums[key] = sums.get(key, 0.0) + value.detach()
         else:
             skipped += 1
         if guard.diverged:
             break
-    return {"steps": float(steps), "skipped_steps": float(skipped), **{k: float(v) for k, v in sums.items()}}
+    return {STEPS: float(steps), SKIPPED_STEPS: float(skipped), **{key: float(v) for key, v in sums.items()}}
