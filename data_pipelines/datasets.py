@@ -75,6 +75,12 @@ class ProfileDefaults:
     """Cap of the gated coherence-classifier training; ``None``: the platform's default."""
 
 
+def join_tokens(ids: Sequence[int], vocabulary: Sequence[str]) -> str:
+    """Characters joined as they are, words with spaces."""
+    tokens = [vocabulary[int(i)] for i in ids]
+    return "".join(tokens) if all(len(token) == 1 for token in vocabulary) else " ".join(tokens)
+
+
 @dataclass(frozen=True)
 class DatasetDescriptor:
     name: str
@@ -104,12 +110,8 @@ class DatasetDescriptor:
     """Where the official files come from and what the builder reads (README, error messages)."""
     source_required: bool = True
     """Whether a build needs the official files (``--source``); PolyMNIST can generate its own."""
-    decode_text: Callable[[Sequence[int], Sequence[str]], str] = None  # type: ignore[assignment]
-    """Token ids -> the string shown in Aim (padding removed); default ``join_tokens``."""
-
-    def __post_init__(self) -> None:
-        if self.decode_text is None:
-            object.__setattr__(self, "decode_text", join_tokens)
+    decode_text: Callable[[Sequence[int], Sequence[str]], str] = join_tokens
+    """Token ids -> the string shown in Aim (padding removed)."""
 
     @property
     def label_rules(self) -> LabelKindRules:
@@ -148,12 +150,6 @@ def build_dataset(descriptor: DatasetDescriptor, out: Path, source: Path | None 
     descriptor.add_build_arguments(parser)
     args = parser.parse_args(["--source", str(source)] if source is not None else [])
     descriptor.build_from_arguments(args, Path(args.out))
-
-
-def join_tokens(ids: Sequence[int], vocabulary: Sequence[str]) -> str:
-    """Characters joined as they are, words with spaces."""
-    tokens = [vocabulary[int(i)] for i in ids]
-    return "".join(tokens) if all(len(token) == 1 for token in vocabulary) else " ".join(tokens)
 
 
 def per_modality_value(mapping: Mapping[str, Any], modality: str, what: str) -> Any:
