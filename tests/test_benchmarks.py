@@ -139,6 +139,19 @@ def check_component_selection(result: dict, out: Path) -> None:
     assert result["gradient_variance"] == headline["gradient_variance"]
 
 
+def check_cub_data(result: dict, out: Path) -> None:
+    for key in ("build_images_per_s", "build_samples_per_s", "build_s", "shard_samples_per_s", "jpeg_samples_per_s",
+                "speedup"):
+        assert positive(result[key]), (key, result[key])
+    assert result["speedup"] == pytest.approx(result["shard_samples_per_s"] / result["jpeg_samples_per_s"], abs=0.006)
+    config = result["config"]
+    assert 0 < config["built_images"] <= config["images"]
+    # 10 captions per image, each a sample; some may be dropped for equal shards.
+    assert 0 < config["train_samples"] < config["built_samples"] <= 10 * config["built_images"]
+    assert config["vocabulary_size"] > 3  # <exc>, <pad>, <eos> and words
+    assert len(result["machine"]["load_average"]) == len(result["machine"]["load_average_at_start"]) == 3
+
+
 def check_data_reader(result: dict, out: Path) -> None:
     for key in ("shard_samples_per_s", "png_samples_per_s", "shard_samples_per_s_10x", "shard_peak_rss_mb",
                 "png_peak_rss_mb", "shard_peak_rss_mb_10x", "shard_peak_pss_mb", "png_peak_pss_mb",
@@ -213,6 +226,7 @@ CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "aggregator_cost": check_aggregator_cost,
     "asha_efficiency": check_asha_efficiency,
     "celeba_data": check_celeba_data,
+    "cub_data": check_cub_data,
     "component_selection": check_component_selection,
     "data_reader": check_data_reader,
     "evaluation": check_evaluation,

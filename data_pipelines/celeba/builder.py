@@ -30,10 +30,8 @@ import hashlib
 import multiprocessing
 import os
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +52,7 @@ from data_pipelines.celeba.source import (
 )
 from data_pipelines.celeba.text import ALPHABET, SEQUENCE_LENGTH, TEXT_OFFSETS, AttributeTextEncoder
 from data_pipelines.manifest import Manifest, load_manifest
+from data_pipelines.parallel import decoded_in_order
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shards import (
     Sample,
@@ -229,37 +228,7 @@ def _listing_digest(celeba: CelebASource, indices: np.ndarray, sizes: np.ndarray
 def _decoded_images(celeba: CelebASource, indices: np.ndarray, pool: ProcessPoolExecutor | None,
                     workers: int) -> Iterator[np.ndarray]:
     tasks = [(str(celeba.image_path(i)), celeba.listed_at(i)) for i in indices.tolist()]
-    chunks = [tasks[start:start + IMAGES_PER_TASK] for start in range(0, len(tasks), IMAGES_PER_TASK)]
-    if pool is None:
-        for chunk in chunks:
-            yield from celeba_image.load_images(chunk)
-        return
-    with closing(_ordered_map(pool, celeba_image.load_images, chunks, max_pending=4 * workers)) as results:
-        for chunk in results:
-            yield from chunk
-
-
-def _ordered_map(pool: ProcessPoolExecutor, function, items: Sequence, max_pending: int) -> Iterator:
-    """``pool.map`` with at most ``max_pending`` tasks in flight, results in input order.
-
-    ``Executor.map`` submits every task at once (Python 3.11), so decoded images would pile up
-    in memory whenever the shard writer (tar, sha256, fsync) falls behind the decoders.
-    """
-    pending: deque[Future] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= max_pending:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    except BrokenProcessPool as exc:
-        # E.g. killed for memory, or a main script read from stdin, which spawn cannot re-import.
-        raise RuntimeError(f"the image decoding processes stopped abruptly ({exc}); workers=1 decodes in "
-                           "this process") from exc
-    finally:
-        for future in pending:  # on an error or an early close: drop the queued work
-            future.cancel()
+    return decoded_in_order(celeba_image.load_images, tasks, IMAGES_PER_TASK, pool, workers)
 
 
 def _samples(celeba: CelebASource, indices: np.ndarray, images: Iterator[np.ndarray],
