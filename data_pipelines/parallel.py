@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+import multiprocessing
 from contextlib import closing
 from typing import Any
 
@@ -49,3 +50,27 @@ def decoded_in_order(load_chunk: Callable[[Sequence[Any]], list], tasks: Sequenc
     with closing(ordered_map(pool, load_chunk, chunks, max_pending=4 * workers)) as results:
         for chunk in results:
             yield from chunk
+
+
+class DecodingPool:
+    """Worker processes for decoding, started on first use: a build whose splits are all up to
+    date starts none. ``get()`` is None for ``workers`` <= 1 (decode in this process).
+
+    spawn, not fork: the caller may have threads (tqdm's monitor, Ray, torch), and a forked child
+    of a threaded process can deadlock. The workers import only numpy and PIL."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def get(self) -> ProcessPoolExecutor | None:
+        if self._pool is None and self.workers > 1:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def __enter__(self) -> "DecodingPool":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)

@@ -27,12 +27,11 @@ is written; a bad image (wrong size, undecodable) stops the build of its split, 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack, closing
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from data_pipelines.celeba.source import (
 )
 from data_pipelines.celeba.text import ALPHABET, SEQUENCE_LENGTH, TEXT_OFFSETS, AttributeTextEncoder
 from data_pipelines.manifest import Manifest, load_manifest
-from data_pipelines.parallel import decoded_in_order
+from data_pipelines.parallel import DecodingPool, decoded_in_order
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shards import (
     Sample,
@@ -130,8 +129,7 @@ def build_celeba(
     planned = _plan(celeba, seed, text_offset, partitions_of, samples_per_shard, limit)
 
     manifests: dict[str, Manifest] = {}
-    with ExitStack() as stack:
-        pool = None
+    with DecodingPool(workers) as decoding:
         for split in planned:
             split_dir = out / split.name
             if not force and existing_build_matches(split_dir, split.header):
@@ -140,11 +138,7 @@ def build_celeba(
                     f"at {split_dir}")
                 manifests[split.name] = manifest
                 continue
-            if pool is None and workers > 1:
-                # spawn, not fork: the caller may have threads (tqdm's monitor, Ray, torch), and a
-                # forked child of a threaded process can deadlock. Workers import only numpy/PIL.
-                pool = stack.enter_context(
-                    ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            pool = decoding.get()
             # Only the images that fit in equal shards are decoded; write_split drops the rest.
             written = split.indices[: plan_shards(len(split.indices), samples_per_shard).num_samples]
             # closing(): on an error, queued decoding is cancelled now rather than at garbage collection.

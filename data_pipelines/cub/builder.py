@@ -34,12 +34,11 @@ leaves no partial split behind.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack, closing
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ from data_pipelines.cub.source import CAPTIONS_PER_IMAGE, GROUP_NAMES, SPLITS, C
 from data_pipelines.cub.text import MIN_COUNT, SEQUENCE_LENGTH, TEXT_DTYPE, build_vocabulary, encode_tokens, \
     word_tokenize
 from data_pipelines.manifest import Manifest, load_manifest
-from data_pipelines.parallel import decoded_in_order
+from data_pipelines.parallel import DecodingPool, decoded_in_order
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shards import Sample, SplitHeader, existing_build_matches, plan_shards, write_split
 
@@ -119,8 +118,7 @@ def build_cub(
     planned = _plan(cub, samples_per_shard, limit)
 
     manifests: dict[str, Manifest] = {}
-    with ExitStack() as stack:
-        pool = None
+    with DecodingPool(workers) as decoding:
         for split in planned:
             split_dir = out / split.name
             if not force and existing_build_matches(split_dir, split.header):
@@ -129,11 +127,7 @@ def build_cub(
                     f"at {split_dir}")
                 manifests[split.name] = manifest
                 continue
-            if pool is None and workers > 1:
-                # spawn, not fork: the caller may have threads (tqdm's monitor, Ray, torch), and a
-                # forked child of a threaded process can deadlock. Workers import only numpy/PIL.
-                pool = stack.enter_context(
-                    ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            pool = decoding.get()
             count = len(split.images) * CAPTIONS_PER_IMAGE
             written = plan_shards(count, samples_per_shard).num_samples
             # Only the images of samples that fit in equal shards are decoded; write_split drops the rest.
