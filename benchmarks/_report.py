@@ -72,6 +72,31 @@ def shuffled_batches(dataset, batch_size: int, workers: int):
         yield from loader
 
 
+def add_dataset_reader_arguments(parser: argparse.ArgumentParser, images: int, fixture: str) -> None:
+    """The arguments of a dataset's build-and-read benchmark (``celeba_data.py``, ``cub_data.py``)."""
+    parser.add_argument("--images", type=int, default=images, help=f"images in the generated {fixture} fixture")
+    parser.add_argument("--build-workers", type=int, default=None,
+                        help="decoding processes of the build (default: the builder's, min(4, CPUs))")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both loaders")
+    parser.add_argument("--steps", type=int, default=20, help="timed batches per loader")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where data is written (default: a temp dir)")
+
+
+DATASET_READER_SMOKE = {"images": 24, "batch_size": 4, "workers": 1, "steps": 3, "warmup": 1}
+
+
+def shard_reader_rate(split_dir: Path, args: argparse.Namespace) -> float:
+    """Samples per second of the platform's training reader on ``split_dir`` (the benchmarks' subject)."""
+    from data_pipelines.readers import TrainReader, make_loader
+
+    reader = TrainReader(split_dir, args.batch_size, steps_per_epoch=args.warmup + args.steps, seed=0,
+                         rank=0, world_size=1)
+    return samples_per_second(make_loader(reader, args.workers, pin_memory=False), args.warmup, args.steps,
+                              lambda batch: len(batch.keys))
+
+
 def emit(result: dict[str, Any], out: str | Path | None) -> None:
     """Print the result as one JSON object (one line) and write it (indented) to ``out``."""
     print(json.dumps(result, default=str), flush=True)

@@ -34,7 +34,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit, machine_facts, parse_with_smoke, samples_per_second, shuffled_batches  # noqa: E402
+from _report import (  # noqa: E402
+    DATASET_READER_SMOKE,
+    add_dataset_reader_arguments,
+    emit,
+    machine_facts,
+    parse_with_smoke,
+    samples_per_second,
+    shard_reader_rate,
+    shuffled_batches,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cub_data.json"
 
@@ -71,15 +80,6 @@ def _jpeg_folder_dataset(source: Path, vocabulary: tuple[str, ...]):
     return JpegFolderCUB()
 
 
-def _shard_rate(split_dir: Path, args) -> float:
-    from data_pipelines.readers import TrainReader, make_loader
-
-    reader = TrainReader(split_dir, args.batch_size, steps_per_epoch=args.warmup + args.steps, seed=0,
-                         rank=0, world_size=1)
-    return samples_per_second(make_loader(reader, args.workers, pin_memory=False), args.warmup, args.steps,
-                              lambda batch: len(batch.keys))
-
-
 def _jpeg_rate(source: Path, vocabulary: tuple[str, ...], args) -> float:
     dataset = _jpeg_folder_dataset(source, vocabulary)
     return samples_per_second(shuffled_batches(dataset, args.batch_size, args.workers), args.warmup, args.steps,
@@ -88,17 +88,9 @@ def _jpeg_rate(source: Path, vocabulary: tuple[str, ...], args) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=800,
-                        help="images in the generated CUB fixture (10 captions each)")
-    parser.add_argument("--build-workers", type=int, default=None,
-                        help="decoding processes of the build (default: the builder's, min(4, CPUs))")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both loaders")
-    parser.add_argument("--steps", type=int, default=20, help="timed batches per loader")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
-    parser.add_argument("--work-dir", type=Path, default=None, help="where data is written (default: a temp dir)")
+    add_dataset_reader_arguments(parser, images=800, fixture="CUB")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file written")
-    args = parse_with_smoke(parser, {"images": 24, "batch_size": 4, "workers": 1, "steps": 3, "warmup": 1}, argv)
+    args = parse_with_smoke(parser, DATASET_READER_SMOKE, argv)
     load_at_start = [round(value, 2) for value in os.getloadavg()]
 
     from data_pipelines.cub import build_cub, write_cub_200_2011_fixture
@@ -117,7 +109,7 @@ def main(argv=None) -> int:
         built_images = sum(m.source["images"]["count"] for m in manifests.values())
         vocabulary = manifests["train"].modality("text").vocabulary
 
-        shard_rate = _shard_rate(work / "shards" / "train", args)
+        shard_rate = shard_reader_rate(work / "shards" / "train", args)
         jpeg_rate = _jpeg_rate(source, vocabulary, args)
         train_samples = manifests["train"].num_samples
 
