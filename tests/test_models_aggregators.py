@@ -173,7 +173,11 @@ def test_mmjsd_joint_uses_renormalized_expert_weights_and_missing_modalities():
     assert float(prior_weight) == pytest.approx(0.4 / 0.7)
 
 
-@pytest.mark.parametrize("prior_weight", [None, 1.0])
+ROW_PRIOR_WEIGHTS = torch.tensor([0.0, 0.0, 1.0, 0.5, 0.0, 0.0, 1.0], dtype=torch.float64)
+"""One prior weight per subset row (the ``full_set`` / ``all_subsets`` modes use 0/1 rows)."""
+
+
+@pytest.mark.parametrize("prior_weight", [None, 1.0, ROW_PRIOR_WEIGHTS], ids=["none", "scalar", "per_row"])
 def test_cache_blocked_subset_kls_and_selection_match_the_plain_composition(prior_weight, monkeypatch):
     from models.aggregators import subset_kl
     from models.distributions import ShiftedExperts, product_of_experts
