@@ -218,6 +218,17 @@ def existing_build_matches(split_dir: str | Path, header: SplitHeader) -> bool:
     return True
 
 
+def up_to_date_manifest(split_dir: Path, header: SplitHeader, log) -> Manifest | None:
+    """The manifest of an intact build of exactly ``header`` at ``split_dir``, reported through
+    ``log`` as up to date; None when the split has to be (re)built."""
+    if not existing_build_matches(split_dir, header):
+        return None
+    manifest = load_manifest(split_dir)
+    log(f"{Path(split_dir).name}: up to date, {manifest.num_samples} samples in {len(manifest.shards)} shards "
+        f"at {split_dir}")
+    return manifest
+
+
 def _write_shards(staging: Path, header: SplitHeader, samples, plan: ShardPlan, progress) -> list[ShardInfo]:
     label_kind = LABEL_KINDS[header.label_kind]
     shards = []

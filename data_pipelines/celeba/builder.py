@@ -50,13 +50,13 @@ from data_pipelines.celeba.source import (
     read_source,
 )
 from data_pipelines.celeba.text import ALPHABET, SEQUENCE_LENGTH, TEXT_OFFSETS, AttributeTextEncoder
-from data_pipelines.manifest import Manifest, load_manifest
+from data_pipelines.manifest import Manifest
 from data_pipelines.parallel import DecodingPool, decoded_in_order
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shards import (
     Sample,
     SplitHeader,
-    existing_build_matches,
+    up_to_date_manifest,
     plan_shards,
     sha256_file,
     write_split,
@@ -132,10 +132,8 @@ def build_celeba(
     with DecodingPool(workers) as decoding:
         for split in planned:
             split_dir = out / split.name
-            if not force and existing_build_matches(split_dir, split.header):
-                manifest = load_manifest(split_dir)
-                log(f"{split.name}: up to date, {manifest.num_samples} samples in {len(manifest.shards)} shards "
-                    f"at {split_dir}")
+            manifest = None if force else up_to_date_manifest(split_dir, split.header, log)
+            if manifest is not None:
                 manifests[split.name] = manifest
                 continue
             pool = decoding.get()

@@ -52,10 +52,10 @@ from data_pipelines.cub.source import CAPTIONS_PER_IMAGE, GROUP_NAMES, SPLITS, C
     read_source
 from data_pipelines.cub.text import MIN_COUNT, SEQUENCE_LENGTH, TEXT_DTYPE, build_vocabulary, encode_tokens, \
     word_tokenize
-from data_pipelines.manifest import Manifest, load_manifest
+from data_pipelines.manifest import Manifest
 from data_pipelines.parallel import DecodingPool, decoded_in_order
 from data_pipelines.modality import ModalitySpec
-from data_pipelines.shards import Sample, SplitHeader, existing_build_matches, plan_shards, write_split
+from data_pipelines.shards import Sample, SplitHeader, plan_shards, up_to_date_manifest, write_split
 
 DATASET = "cub"
 VERSION = "1.0"
@@ -121,10 +121,8 @@ def build_cub(
     with DecodingPool(workers) as decoding:
         for split in planned:
             split_dir = out / split.name
-            if not force and existing_build_matches(split_dir, split.header):
-                manifest = load_manifest(split_dir)
-                log(f"{split.name}: up to date, {manifest.num_samples} samples in {len(manifest.shards)} shards "
-                    f"at {split_dir}")
+            manifest = None if force else up_to_date_manifest(split_dir, split.header, log)
+            if manifest is not None:
                 manifests[split.name] = manifest
                 continue
             pool = decoding.get()

@@ -29,11 +29,11 @@ from tqdm import tqdm
 from data_pipelines.polymnist import generator as polymnist_generator
 from data_pipelines.polymnist import release as polymnist_release
 from data_pipelines.polymnist.backgrounds import load_backgrounds, procedural_backgrounds
-from data_pipelines.manifest import Manifest, load_manifest
+from data_pipelines.manifest import Manifest
 from data_pipelines.polymnist.mnist_source import load_mnist
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shard_source import iterate_split
-from data_pipelines.shards import Sample, SplitHeader, existing_build_matches, write_split
+from data_pipelines.shards import Sample, SplitHeader, up_to_date_manifest, write_split
 
 DATASET = "polymnist"
 VERSION = "1.0"
@@ -108,9 +108,8 @@ def build_polymnist(
     results = {}
     for split, plan in planned.items():
         split_dir = out / split
-        if not force and existing_build_matches(split_dir, plan.header):
-            manifest = load_manifest(split_dir)
-            log(f"{split}: up to date, {manifest.num_samples} samples in {len(manifest.shards)} shards at {split_dir}")
+        manifest = None if force else up_to_date_manifest(split_dir, plan.header, log)
+        if manifest is not None:
             results[split] = SplitResult(split, manifest, rebuilt=False)
             continue
         with tqdm(total=plan.count, desc=f"{DATASET} {split}", unit="tuple", disable=not progress) as bar:
