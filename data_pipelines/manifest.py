@@ -39,13 +39,21 @@ class LabelKind:
     stored_dtype: str
     stored_ndim: int
     """0: one class index per sample; 1: a multi-hot vector over ``label_names``."""
+    has_labels: bool = True
+    """False: the dataset carries no labels (``label_names`` empty); every metric or classifier
+    that needs labels is refused before any training starts."""
 
+
+NO_LABELS = "none"
 
 # Registry of label kinds: single-label digits (PolyMNIST), multi-label attributes/findings
-# (CelebA, MIMIC-CXR). Readers look the kind up here instead of branching on its name.
+# (CelebA, CUB colours, MIMIC-CXR), and none (CUB built from the release, which has no attribute
+# file). Readers look the kind up here instead of branching on its name; an unlabelled sample
+# stores an empty multi-hot vector, so it reads and batches like any other.
 LABEL_KINDS: dict[str, LabelKind] = {
     "single": LabelKind("single", stored_dtype="int64", stored_ndim=0),
     "multi": LabelKind("multi", stored_dtype="uint8", stored_ndim=1),
+    NO_LABELS: LabelKind(NO_LABELS, stored_dtype="uint8", stored_ndim=1, has_labels=False),
 }
 
 
@@ -163,8 +171,11 @@ def _validate(data: Any, path: Path) -> Manifest:
     label_kind = check.field(data, "label_kind", str)
     check.that(label_kind in LABEL_KINDS, "label_kind", f"is {label_kind!r}, expected one of {list(LABEL_KINDS)}")
     label_names = check.field(data, "label_names", list)
-    check.that(len(label_names) > 0 and all(isinstance(n, str) for n in label_names),
-               "label_names", "must be a non-empty list of strings")
+    check.that(all(isinstance(n, str) for n in label_names), "label_names", "must be a list of strings")
+    if LABEL_KINDS[label_kind].has_labels:
+        check.that(len(label_names) > 0, "label_names", f"is empty, but label_kind {label_kind!r} needs labels")
+    else:
+        check.that(not label_names, "label_names", f"must be empty for label_kind {label_kind!r}")
 
     samples_per_shard = check.field(data, "samples_per_shard", int)
     check.that(samples_per_shard > 0, "samples_per_shard", f"is {samples_per_shard}, must be positive")

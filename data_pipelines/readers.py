@@ -77,6 +77,7 @@ def _multi_hot_tensor(stacked: np.ndarray) -> torch.Tensor:
 LABEL_TENSORS: dict[str, Callable[[np.ndarray], torch.Tensor]] = {
     "single": _class_index_tensor,
     "multi": _multi_hot_tensor,
+    "none": _multi_hot_tensor,  # float32 [B, 0]: batches keep one shape whether a dataset has labels or not
 }
 
 

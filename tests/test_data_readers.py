@@ -245,6 +245,8 @@ def test_shard_with_fewer_samples_than_the_manifest_says(polymnist_copy, polymni
     (lambda d: d["shards"][2].update(sha256="xyz"), r"field 'shards\[2\]\.sha256'"),
     (lambda d: d.update(num_samples=59), r"field 'num_samples' is 59"),
     (lambda d: d.update(label_kind="ordinal"), r"field 'label_kind' is 'ordinal'"),
+    (lambda d: d.update(label_names=[]), r"field 'label_names' is empty, but label_kind 'single' needs labels"),
+    (lambda d: d.update(label_kind="none"), r"field 'label_names' must be empty for label_kind 'none'"),
     (lambda d: d.update(format_version=99), r"field 'format_version' is 99"),
 ])
 def test_bad_manifest_fields_are_named(polymnist_copy, change, message):

@@ -20,7 +20,6 @@ _EXPORTS = {
     "modality_specs": "builder",
     "DATASET": "builder",
     "DEFAULT_SAMPLES_PER_SHARD": "builder",
-    "NO_LABEL_NAMES": "builder",
     "CUBError": "source",
     "CUBSource": "source",
     "CUBSplit": "source",
@@ -48,7 +47,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from data_pipelines.cub.builder import DATASET, DEFAULT_SAMPLES_PER_SHARD, NO_LABEL_NAMES, build_cub, modality_specs
+    from data_pipelines.cub.builder import DATASET, DEFAULT_SAMPLES_PER_SHARD, build_cub, modality_specs
     from data_pipelines.cub.fixture import write_cub_200_2011_fixture, write_cub_release_fixture
     from data_pipelines.cub.image import IMAGE_SHAPE, load_image, preprocess
     from data_pipelines.cub.source import (

@@ -9,10 +9,9 @@ sample per (image, caption) pair, in the published item order (image ``k // 10``
   times in the train split's captions) is the text modality's ``vocabulary`` in the manifest;
 - ``labels.npy``: the 6 colour groups multi-hot (``source.COLOUR_GROUPS``) when the source has an
   attribute file (CUB_200_2011 form with ``attributes/image_attribute_labels.txt`` or MMVM's
-  ``labels.txt``). Without one (always for the release) the dataset has no labels; the manifest
-  format cannot say so yet (``label_names`` must be non-empty), so such a build stores the one
-  placeholder label ``NO_LABEL_NAMES`` = ``unlabelled``, always 0, and records
-  ``builder.labels.kind = "none"``: consumers must check that before using labels.
+  ``labels.txt``). Without one (always for the release) the dataset has no labels: the manifest's
+  ``label_kind`` is ``none``, ``label_names`` is empty and every ``labels.npy`` an empty vector,
+  so metrics and classifiers that need labels are refused before a training starts.
 
 The vocabulary always comes from the whole train split (also with ``limit``), so a limited build
 has the ids of the full one. Same captions and images -> the same samples, whichever form they
@@ -52,7 +51,7 @@ from data_pipelines.cub.source import CAPTIONS_PER_IMAGE, GROUP_NAMES, SPLITS, C
     read_source
 from data_pipelines.cub.text import MIN_COUNT, SEQUENCE_LENGTH, TEXT_DTYPE, build_vocabulary, encode_tokens, \
     word_tokenize
-from data_pipelines.manifest import Manifest
+from data_pipelines.manifest import NO_LABELS, Manifest
 from data_pipelines.parallel import DecodingPool, decoded_in_order
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shards import Sample, SplitHeader, plan_shards, up_to_date_manifest, write_split
@@ -63,8 +62,6 @@ DEFAULT_SAMPLES_PER_SHARD = 1000
 """Upper bound (see shards.plan_shards): ~12 MB shards; 89 train / 30 test shards for full CUB."""
 IMAGES_PER_TASK = 16
 """Images per worker task: CUB photos (about 500x375) take a few milliseconds each to decode."""
-NO_LABEL_NAMES = ("unlabelled",)
-"""The placeholder label of a build without an attribute file (see the module doc)."""
 TOKENIZER = "nltk_word_tokenize_rules/1"
 """Names ``text.word_tokenize``'s rules in the build identity; bump it when they change."""
 
@@ -166,7 +163,7 @@ def _plan(cub: CUBSource, samples_per_shard: int, limit: int | None) -> list[_Pl
     for split in SPLITS:
         for name, captions in zip(cub.splits[split].image_names, cub.splits[split].captions):
             captions_digest.update("\0".join((split, name, *captions, "")).encode())
-    label_names = GROUP_NAMES if cub.has_labels else NO_LABEL_NAMES
+    label_kind, label_names = ("multi", GROUP_NAMES) if cub.has_labels else (NO_LABELS, ())
 
     selections = {split: np.arange(len(cub.splits[split]))[:limit] for split in SPLITS}
     sizes = {split: cub.image_sizes(split, indices) for split, indices in selections.items()}  # before any writing
@@ -178,7 +175,7 @@ def _plan(cub: CUBSource, samples_per_shard: int, limit: int | None) -> list[_Pl
         if cub.has_labels:
             labels = merge_colours(part.colours[indices])
         else:
-            labels = np.zeros((len(indices), len(NO_LABEL_NAMES)), dtype=np.uint8)
+            labels = np.zeros((len(indices), 0), dtype=np.uint8)
         builder: dict[str, Any] = {
             "limit": limit,
             "samples_per_shard": samples_per_shard,
@@ -199,7 +196,7 @@ def _plan(cub: CUBSource, samples_per_shard: int, limit: int | None) -> list[_Pl
             "captions_sha256": captions_digest.hexdigest(),
             "images": {"count": int(len(indices)), "names_and_sizes_sha256": listing.hexdigest()},
         }
-        header = SplitHeader(DATASET, VERSION, split, specs, "multi", label_names, builder=builder, source=source)
+        header = SplitHeader(DATASET, VERSION, split, specs, label_kind, label_names, builder=builder, source=source)
         planned.append(_PlannedSplit(split, header, indices, texts, labels))
     return planned
 
