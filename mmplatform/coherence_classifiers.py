@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from data_pipelines.datasets import dataset_descriptor
-from data_pipelines.manifest import Manifest, load_manifest
+from data_pipelines.manifest import LABEL_KINDS, Manifest, load_manifest
 from mmplatform.classifier_gate import (  # noqa: F401  (re-exported: the gate is part of this API)
     DEFAULT_MAX_EPOCHS,
     METRICS_FILE,
@@ -47,7 +47,7 @@ from mmplatform.classifier_gate import (  # noqa: F401  (re-exported: the gate i
     train_more_command,
     weak_modalities,
 )
-from mmplatform.evaluation.average_precision import mean_average_precision
+from mmplatform.evaluation.label_ranking import mean_average_precision
 from mmplatform.evaluation.collectives import all_gather_objects
 from models.classifiers import build_classifier
 
@@ -196,6 +196,10 @@ def train_classifiers(data_root: Path, out_dir: Path, settings: ClassifierSettin
 
     from mmplatform import paths
 
+    manifest = load_manifest(Path(data_root) / "train")
+    if not LABEL_KINDS[manifest.label_kind].has_labels:
+        raise ClassifierError(f"coherence classifiers learn the labels, and the {manifest.dataset} shards at "
+                              f"{data_root} were built without labels")
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"settings": settings.__dict__, "data_root": str(data_root), "out_dir": str(out_dir)},

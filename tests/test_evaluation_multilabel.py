@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from mmplatform.evaluation.evaluator import EvaluationOptions, Evaluator
@@ -67,9 +67,9 @@ def batches(inputs, labels, keys, size):
         yield ({m: x[start:start + size] for m, x in inputs.items()}, labels[start:start + size], keys[start:start + size])
 
 
-def evaluate(batch_size: int):
+def evaluate(batch_size: int, metrics=("coherence_ap", "latent_probe_ap")):
     inputs, labels, keys = dataset()
-    options = EvaluationOptions(metrics=("coherence_ap", "latent_probe_ap"), label_kind="multi",
+    options = EvaluationOptions(metrics=tuple(metrics), label_kind="multi",
                                 label_names=ATTRIBUTES, probe_train_samples=NUM_SAMPLES)
     evaluator = Evaluator(options, {m: Logits() for m in MODALITIES})
     train = list(batches(*dataset(seed=1), batch_size))
@@ -114,6 +114,28 @@ def test_latent_probe_average_precision_matches_independent_logistic_regressions
         values.append(average_precision_score(labels[:, a], scores))
     assert scalars["latent_ap/image"] == pytest.approx(float(np.mean(values)), abs=1e-6)
     assert 0.0 <= scalars["latent_ap"] <= 1.0
+
+
+def test_auroc_matches_scikit_learn_and_shares_the_probes_with_average_precision():
+    """MMVM's CUB protocol scores the colour groups by AUROC too. An attribute every tuple has or
+    none has has no AUROC ("Never"); the probes fitted once serve both scores unchanged."""
+    both, (inputs, labels) = evaluate(32, ("coherence_ap", "coherence_auroc", "latent_probe_ap", "latent_probe_auroc"))
+    labels = labels.numpy()
+
+    def expected_auroc(scores):
+        return float(np.mean([roc_auc_score(labels[:, a], scores[:, a]) for a in range(len(ATTRIBUTES))
+                              if 0 < labels[:, a].sum() < len(labels)]))
+
+    from_image, from_text = expected_auroc(inputs["image"].numpy()), expected_auroc(inputs["text"].numpy())
+    assert both["coherence_auroc_missing/image/text"] == pytest.approx(from_image, abs=1e-9)
+    assert both["coherence_auroc_missing"] == pytest.approx((from_image + from_text) / 2, abs=1e-9)
+    assert not any(key.endswith("/Never") for key in both)
+    assert 0.5 < both["latent_auroc"] <= 1.0  # the probes rank the noisy labels better than chance
+    alone, _ = evaluate(32, ("coherence_ap", "latent_probe_ap"))
+    for key, value in alone.items():
+        assert both[key] == pytest.approx(value, abs=1e-12), key
+    auroc_alone, _ = evaluate(32, ("latent_probe_auroc",))
+    assert auroc_alone["latent_auroc"] == pytest.approx(both["latent_auroc"], abs=1e-12)
 
 
 def test_result_does_not_depend_on_how_the_test_set_is_batched():

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmplatform.evaluation import metrics
-from mmplatform.evaluation.average_precision import average_precision_per_label
+from mmplatform.evaluation.label_ranking import ranking_score_per_label
 from mmplatform.evaluation.coherence import CoherenceCounts, coherence_scorer, coherence_summaries
 from mmplatform.evaluation.collectives import RankInfo, all_gather_objects
 from mmplatform.evaluation.key_sample import PrioritySample, SampleState, key_priorities, merge_states
@@ -61,9 +61,18 @@ class PassContext:
     modality_names: list[str]
     subset_names: list[str]
     subsets: np.ndarray  # [S, M] bool
+    shared: dict[str, Any] = field(default_factory=dict)
+    """Work two accumulators of the pass both need (the latent probes of AP and AUROC), by name."""
 
     def context(self, **extra: str) -> dict[str, str]:
         return {"split": self.options.split, **extra}
+
+    def once(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``name`` is asked for in this pass, the same value after.
+        Every rank runs the same accumulators in the same order, so collectives inside stay matched."""
+        if name not in self.shared:
+            self.shared[name] = compute()
+        return self.shared[name]
 
 
 def _apply_flat(fn, samples: Tensor, event_dims: int) -> Tensor:
@@ -78,10 +87,17 @@ class EvalBatch:
         self.ctx, self.inputs, self.labels, self.keys = ctx, inputs, labels, list(keys)
         self._logits: dict[str, Tensor] = {}
         self._generated_features: dict[str, Tensor] = {}
+        self._shared: dict[str, Any] = {}
 
     @property
     def size(self) -> int:
         return len(self.labels)
+
+    def once(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per batch, whichever accumulator asks first (see ``PassContext.once``)."""
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
 
     @cached_property
     def generated(self) -> dict[str, Tensor]:
@@ -434,13 +450,18 @@ class LogLikelihoodAccumulator(Accumulator):
         return [MetricRecord(metrics.LOG_LIKELIHOOD.result, total / count, self.ctx.context())] if count > 0 else []
 
 
-class _AveragePrecisionAccumulator(Accumulator):
-    """Average precision per attribute of scores kept for every evaluated tuple, per group.
+class _RankingAccumulator(Accumulator):
+    """A ranking score per attribute (``label_ranking``: average precision or AUROC) of scores
+    kept for every evaluated tuple, per group.
 
     A group is one scored view of the test tuples (a (subset, modality) pair of generations, a
-    subset's latent probe). Average precision is not a sum over samples: the ranks gather their
+    subset's latent probe). Ranking scores are not sums over samples: the ranks gather their
     ``[N, A]`` scores and labels (one collective), each rank computes every world_size-th group,
-    and the all-reduce assembles the ``[groups, A]`` table."""
+    and the all-reduce assembles the ``[groups, A]`` table. A subclass names its ``metric`` and
+    its ``ranking`` (a ``RANKING_SCORES`` key)."""
+
+    metric: metrics.Metric
+    ranking: str
 
     def __init__(self, ctx: PassContext, num_groups: int) -> None:
         super().__init__(ctx)
@@ -468,24 +489,24 @@ class _AveragePrecisionAccumulator(Accumulator):
         rank = self.ctx.rank
         for group in range(rank.rank, self.num_groups, rank.world_size):
             scores = torch.cat([p[0][group] for p in payloads if p[0][group] is not None]).numpy()
-            self.values[group] = torch.from_numpy(average_precision_per_label(scores, labels_all))
+            self.values[group] = torch.from_numpy(ranking_score_per_label(self.ranking, scores, labels_all))
 
     def sums(self) -> Tensor:
         if self.values is None:  # the pass gathers only when some accumulator has a payload
-            raise RuntimeError("average precision needs the gathered scores")
-        # NaN (an attribute without positives) only on the rank that owns the group; others add 0.
+            raise RuntimeError(f"{self.metric.name} needs the gathered scores")
+        # NaN (an undefined score) only on the rank that owns the group; others add 0.
         return self.values.flatten()
 
     def table(self, reduced: Tensor) -> np.ndarray:
         return reduced.reshape(self.num_groups, -1).numpy()
 
-    def attribute_records(self, name: str, rows: np.ndarray, kind: str) -> list[MetricRecord]:
-        """The per-attribute view in Aim: each attribute's AP averaged over ``rows``."""
+    def attribute_records(self, rows: np.ndarray, kind: str) -> list[MetricRecord]:
+        """The per-attribute view in Aim: each attribute's score averaged over ``rows``."""
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             per_attribute = np.nanmean(rows, axis=0)
         return [
-            MetricRecord(name, float(value), self.ctx.context(kind=kind, attribute=attribute))
+            MetricRecord(self.metric.result, float(value), self.ctx.context(kind=kind, attribute=attribute))
             for attribute, value in zip(self.ctx.options.label_names, per_attribute) if np.isfinite(value)
         ]
 
@@ -495,12 +516,11 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-@accumulates(metrics.COHERENCE_AP)
-class CoherenceAveragePrecisionAccumulator(_AveragePrecisionAccumulator):
-    """Conditional coherence of multi-label data (MoPoE's CelebA protocol): for every (subset,
-    modality) pair, the average precision of each attribute of the generated samples under the
-    modality's classifier, against the attributes of the tuple they came from. There is no
-    random coherence for attributes: agreement of prior samples is a single-label notion."""
+class _CoherenceRankingAccumulator(_RankingAccumulator):
+    """Conditional coherence of multi-label data (MoPoE's CelebA protocol, MMVM's CUB one): for
+    every (subset, modality) pair, the ranking score of each attribute of the generated samples
+    under the modality's classifier, against the attributes of the tuple they came from. There is
+    no random coherence for attributes: agreement of prior samples is a single-label notion."""
 
     def __init__(self, ctx: PassContext) -> None:
         self.modalities = [m for m in ctx.modality_names if m in ctx.classifiers]
@@ -515,13 +535,14 @@ class CoherenceAveragePrecisionAccumulator(_AveragePrecisionAccumulator):
 
     def records(self, reduced: Tensor) -> list[MetricRecord]:
         table = self.table(reduced)
+        result = self.metric.result
         records, by_kind = [], {"missing": [], "reconstruction": [], "all": []}
         for (subset, modality), row in zip(self.pairs, table):
             present = self.ctx.subsets[subset, self.ctx.modality_names.index(modality)]
             kind = "reconstruction" if present else "missing"
             value = _nanmean(row)
             if math.isfinite(value):
-                records.append(MetricRecord(metrics.COHERENCE_AP.result, value, self.ctx.context(
+                records.append(MetricRecord(result, value, self.ctx.context(
                     kind=kind, subset=self.ctx.subset_names[subset], modality=modality)))
             by_kind[kind].append(row)
             by_kind["all"].append(row)
@@ -530,40 +551,66 @@ class CoherenceAveragePrecisionAccumulator(_AveragePrecisionAccumulator):
                 stacked = np.stack(rows)
                 value = _nanmean(np.array([_nanmean(row) for row in stacked]))
                 if math.isfinite(value):
-                    records.append(MetricRecord(metrics.COHERENCE_AP.result, value, self.ctx.context(kind=kind)))
-                records.extend(self.attribute_records(metrics.COHERENCE_AP.result, stacked, kind))
+                    records.append(MetricRecord(result, value, self.ctx.context(kind=kind)))
+                records.extend(self.attribute_records(stacked, kind))
         return records
 
 
-@accumulates(metrics.LATENT_PROBE_AP)
-class LatentProbeAveragePrecisionAccumulator(_AveragePrecisionAccumulator):
+@accumulates(metrics.COHERENCE_AP)
+class CoherenceAveragePrecisionAccumulator(_CoherenceRankingAccumulator):
+    metric, ranking = metrics.COHERENCE_AP, "average_precision"
+
+
+@accumulates(metrics.COHERENCE_AUROC)
+class CoherenceAUROCAccumulator(_CoherenceRankingAccumulator):
+    metric, ranking = metrics.COHERENCE_AUROC, "auroc"
+
+
+class _LatentProbeRankingAccumulator(_RankingAccumulator):
     """The latent probe of multi-label data (MoPoE's CelebA protocol): per subset, one logistic
-    regression per attribute on the posterior means, scored by average precision per attribute."""
+    regression per attribute on the posterior means, scored per attribute. The probes are fitted
+    once per pass however many ranking scores read them."""
 
     def __init__(self, ctx: PassContext) -> None:
         super().__init__(ctx, len(ctx.subset_names))
         self.probes: list[MultiLabelProbe] = []
 
     def prepare(self, probe_train_batches: Iterable | None) -> None:
+        self.probes = self.ctx.once("multilabel_probes", lambda: self._fit(probe_train_batches))
+
+    def _fit(self, probe_train_batches: Iterable | None) -> list[MultiLabelProbe]:
         means, labels = _train_probe_rows(self.ctx, probe_train_batches)
-        if _finite_means(means):
-            self.probes = fit_multilabel_probes(means, labels, self.ctx.options.probe_max_iter)
+        return fit_multilabel_probes(means, labels, self.ctx.options.probe_max_iter) if _finite_means(means) else []
 
     def observe(self, batch: EvalBatch) -> None:
         if not self.probes:
             return
+        self.keep(batch.once("multilabel_probe_scores", lambda: self._scores(batch)), batch.labels)
+
+    def _scores(self, batch: EvalBatch) -> list[Tensor]:
         means = np.nan_to_num(batch.posterior_means.float().cpu().numpy())  # scored, never fitted on
-        self.keep([torch.from_numpy(probe.scores(means[s])) for s, probe in enumerate(self.probes)], batch.labels)
+        return [torch.from_numpy(probe.scores(means[s])) for s, probe in enumerate(self.probes)]
 
     def records(self, reduced: Tensor) -> list[MetricRecord]:
         table = self.table(reduced)
+        result = self.metric.result
         per_subset = [_nanmean(row) for row in table]
         records = [
-            MetricRecord(metrics.LATENT_PROBE_AP.result, value, self.ctx.context(subset=subset))
+            MetricRecord(result, value, self.ctx.context(subset=subset))
             for subset, value in zip(self.ctx.subset_names, per_subset) if math.isfinite(value)
         ]
         mean = _nanmean(np.array(per_subset))
         if math.isfinite(mean):
-            records.append(MetricRecord(metrics.LATENT_PROBE_AP.result, mean, self.ctx.context(kind="all")))
-        records.extend(self.attribute_records(metrics.LATENT_PROBE_AP.result, table, "all"))
+            records.append(MetricRecord(result, mean, self.ctx.context(kind="all")))
+        records.extend(self.attribute_records(table, "all"))
         return records
+
+
+@accumulates(metrics.LATENT_PROBE_AP)
+class LatentProbeAveragePrecisionAccumulator(_LatentProbeRankingAccumulator):
+    metric, ranking = metrics.LATENT_PROBE_AP, "average_precision"
+
+
+@accumulates(metrics.LATENT_PROBE_AUROC)
+class LatentProbeAUROCAccumulator(_LatentProbeRankingAccumulator):
+    metric, ranking = metrics.LATENT_PROBE_AUROC, "auroc"

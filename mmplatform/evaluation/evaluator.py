@@ -48,7 +48,7 @@ from mmplatform.evaluation.metrics import METRICS, PRD, unknown_metrics
 from mmplatform.evaluation.prd import PRDParameters
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 
-SINGLE_LABEL_METRICS = tuple(name for name, metric in METRICS.items() if "single" in metric.label_kinds)
+SINGLE_LABEL_METRICS = tuple(name for name, metric in METRICS.items() if metric.scores("single"))
 """The default of ``EvaluationOptions`` (which tests and benchmarks build directly)."""
 
 
@@ -85,7 +85,7 @@ class EvaluationOptions:
             raise ValueError(f"unknown metrics {unknown}; registered: {sorted(METRICS)}")
         for name in self.metrics:
             accumulator_for(name)
-            if self.label_kind not in METRICS[name].label_kinds:
+            if not METRICS[name].scores(self.label_kind):
                 raise ValueError(f"metric {name!r} cannot score {self.label_kind}-label data")
         for name in ("probe_train_samples", "prior_batch_size", "log_likelihood_samples", "prd_samples"):
             if getattr(self, name) < 1:

@@ -33,6 +33,14 @@ class Metric:
     options: tuple[str, ...] = ()
     """``EvaluationConfig`` fields it reads."""
     needs_labels: bool = True
+    """Whether it compares with the tuples' labels. One that needs neither labels nor classifiers
+    (which train on labels) also scores a dataset built without labels (label kind ``none``)."""
+
+    def scores(self, label_kind: str) -> bool:
+        """Whether it can score data with labels of ``label_kind``."""
+        if label_kind == NO_LABELS:
+            return not (self.needs_labels or self.needs_classifiers)
+        return label_kind in self.label_kinds
 
 
 METRICS: dict[str, Metric] = {}
@@ -45,7 +53,8 @@ def register_metric(metric: Metric) -> Metric:
     return metric
 
 
-SINGLE, MULTI = "single", "multi"
+SINGLE, MULTI, NO_LABELS = "single", "multi", "none"
+"""Label kinds, as in the manifests (``data_pipelines.manifest.LABEL_KINDS``)."""
 ANY_LABELS = frozenset({SINGLE, MULTI})
 
 LATENT_PROBE = register_metric(Metric(
@@ -70,6 +79,19 @@ COHERENCE_AP = register_metric(Metric(
     "coherence_ap", "average precision per attribute of generated samples (conditional per subset)",
     "coherence_ap",
     frozenset({MULTI}), needs_classifiers=True, objective_key="coherence_ap_missing", headline="coh. AP missing",
+))
+# MMVM scores CUB's colour groups (and MIMIC-CXR's findings) by AUROC next to average precision.
+LATENT_PROBE_AUROC = register_metric(Metric(
+    "latent_probe_auroc", "area under the ROC curve per attribute of the latent probes (as latent_probe_ap)",
+    "latent_auroc",
+    frozenset({MULTI}), needs_classifiers=False, objective_key="latent_auroc", headline="latent AUROC",
+    options=("probe_train_samples",),
+))
+COHERENCE_AUROC = register_metric(Metric(
+    "coherence_auroc", "area under the ROC curve per attribute of generated samples (conditional per subset)",
+    "coherence_auroc",
+    frozenset({MULTI}), needs_classifiers=True, objective_key="coherence_auroc_missing",
+    headline="coh. AUROC missing",
 ))
 PRD = register_metric(Metric(
     "prd", "precision-recall of generated vs real image features (Sajjadi et al. 2018)",
@@ -106,12 +128,19 @@ def check_metrics(names: Iterable[str], objective_weights: Mapping[str, float], 
     names = list(names)
     for name in names:
         metric = METRICS[name]
-        if label_kind not in metric.label_kinds:
-            alternatives = [m.name for m in METRICS.values() if label_kind in m.label_kinds and m.name != name]
+        if metric.scores(label_kind):
+            continue
+        alternatives = [m.name for m in METRICS.values() if m.scores(label_kind) and m.name != name]
+        if label_kind == NO_LABELS:
+            reason = "labels" if metric.needs_labels else "coherence classifiers, which train on labels"
             raise ValueError(
-                f"evaluation.metrics: {name!r} ({metric.summary}) needs {'/'.join(sorted(metric.label_kinds))}-label "
-                f"data; dataset {dataset!r} has {label_kind}-label data; metrics that apply: {', '.join(alternatives)}"
+                f"evaluation.metrics: {name!r} ({metric.summary}) needs {reason}; dataset {dataset!r} was built "
+                f"without labels; metrics that apply: {', '.join(alternatives)}"
             )
+        raise ValueError(
+            f"evaluation.metrics: {name!r} ({metric.summary}) needs {'/'.join(sorted(metric.label_kinds))}-label "
+            f"data; dataset {dataset!r} has {label_kind}-label data; metrics that apply: {', '.join(alternatives)}"
+        )
     produced = objective_keys(names)
     unknown = sorted(key for key, weight in objective_weights.items() if weight > 0 and key not in produced)
     if unknown:
