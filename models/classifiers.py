@@ -9,12 +9,18 @@ penultimate activations used as PRD features.
 Conv(3->10,k4,s2,p1)-Dropout2d(0.5)-ReLU-Conv(10->20,k4,s2,p1)-Dropout2d(0.5)-ReLU-Flatten(980)-
 Linear(980->128)-Dropout(0.5)-ReLU-Linear(128->10), returning logits.
 
-``celeba_image_attributes`` / ``celeba_text_attributes``: MoPoE's CelebA ClfImg / ClfText (Sutter
+``image64_attributes`` / ``celeba_text_attributes``: MoPoE's CelebA ClfImg / ClfText (Sutter
 et al. 2021, thomassutter/MoPoE ``celeba/networks/ConvNetwork*ClfCelebA.py``): a residual feature
 extractor, Dropout(0.5), Linear(-> 40 attribute logits); its output is the PRD feature space (MoPoE's
 ``get_activations``). Here the extractors are the VAE's own (``models.networks.celeba``) at width
 ``CELEBA_CLASSIFIER_WIDTH`` = 32 instead of 128, so 5 x 32 = 160 features and ~1.4M / ~0.8M
 parameters, trainable on CPU; MoPoE's ClfText also widens to 7 x DIM where the encoder stops at 5.
+CUB's images (64x64 RGB) are judged by ``image64_attributes`` too, on its 6 colour groups.
+
+``words_attributes``: the caption classifier of CUB, the word CNN of the VAE's text encoder
+(``models.networks.words``) at width ``WORDS_CLASSIFIER_WIDTH``, Dropout(0.5), Linear(-> attribute
+logits). MMVM trains ResNet-based classifiers "to predict the shared labels" (seeds-digest 2.4)
+without fixing the text architecture; a word CNN is the usual choice for captions.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from models.networks.celeba import (
     text_feature_extractor,
     vocabulary_size,
 )
+from models.networks.words import word_features
 
 
 class PolyMNISTDigitClassifier(nn.Module):
@@ -88,6 +95,15 @@ def celeba_text_attribute_classifier(spec: ModalitySpec, num_outputs: int) -> At
     return AttributeClassifier(extractor, FEATURE_MULTIPLIER * CELEBA_CLASSIFIER_WIDTH, num_outputs)
 
 
+WORDS_CLASSIFIER_WIDTH = 32
+"""Width of the caption classifier's word CNN (the VAE's: 128); 4 x 32 = 128 features."""
+
+
+def words_attribute_classifier(spec: ModalitySpec, num_outputs: int) -> AttributeClassifier:
+    extractor = word_features(spec, WORDS_CLASSIFIER_WIDTH)
+    return AttributeClassifier(extractor, extractor.num_features, num_outputs)
+
+
 ClassifierFactory = Callable[[ModalitySpec, int], nn.Module]
 CLASSIFIERS: dict[str, ClassifierFactory] = {}
 
@@ -105,5 +121,6 @@ def build_classifier(name: str, spec: ModalitySpec, num_outputs: int) -> nn.Modu
 
 
 register_classifier("polymnist_digit", lambda spec, num_outputs: PolyMNISTDigitClassifier(spec.shape[0], num_outputs))
-register_classifier("celeba_image_attributes", celeba_image_attribute_classifier)
+register_classifier("image64_attributes", celeba_image_attribute_classifier)
 register_classifier("celeba_text_attributes", celeba_text_attribute_classifier)
+register_classifier("words_attributes", words_attribute_classifier)

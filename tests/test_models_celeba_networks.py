@@ -57,13 +57,13 @@ def output_shape(spec: ModalitySpec, batch_size: int) -> tuple[int, ...]:
 
 def test_registry_picks_celeba_networks_for_celeba_specs_only():
     assert len(ALPHABET) == 71 and len(set(ALPHABET)) == 70
-    assert select_networks(IMAGE).name == "celeba_image_resnet"
+    assert select_networks(IMAGE).name == "image64_resnet"
     assert select_networks(TEXT).name == "celeba_text_conv"
     assert select_networks(dataclasses.replace(TEXT, vocabulary=tuple("abc"))).name == "celeba_text_conv"
     assert select_networks(POLYMNIST).name == "polymnist_conv"
     image, text = celeba_modality_specs()  # the specs the CelebA builder writes into its manifests
-    assert (select_networks(image).name, select_networks(text).name) == ("celeba_image_resnet", "celeba_text_conv")
-    assert not NETWORKS["celeba_image_resnet"].matches(POLYMNIST)
+    assert (select_networks(image).name, select_networks(text).name) == ("image64_resnet", "celeba_text_conv")
+    assert not NETWORKS["image64_resnet"].matches(POLYMNIST)
     # Only RGB 64x64 images and 256-character text are taken automatically.
     assert select_networks(dataclasses.replace(IMAGE, shape=(1, 64, 64))).name == "mlp_image"
     assert select_networks(dataclasses.replace(TEXT, shape=(8,))).name == "mlp_text"
@@ -133,7 +133,7 @@ def test_text_logits_give_a_finite_categorical_log_prob(dtype):
 
 
 @pytest.mark.parametrize(
-    "name, spec", [("celeba_image_attributes", IMAGE), ("celeba_text_attributes", TEXT)], ids=["image", "text"]
+    "name, spec", [("image64_attributes", IMAGE), ("celeba_text_attributes", TEXT)], ids=["image", "text"]
 )
 @pytest.mark.parametrize("batch_size, training", [(1, False), (3, True)], ids=["eval-batch1", "train-batch3"])
 def test_attribute_classifiers(name, spec, batch_size, training):

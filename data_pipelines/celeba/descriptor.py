@@ -80,8 +80,8 @@ DESCRIPTOR = register_dataset(DatasetDescriptor(
     modalities=("image", "text"),
     add_build_arguments=add_build_arguments,
     build_from_arguments=build_from_arguments,
-    networks={"image": "celeba_image_resnet", "text": "celeba_text_conv"},
-    classifiers={"image": ClassifierSpec("celeba_image_attributes"), "text": ClassifierSpec("celeba_text_attributes")},
+    networks={"image": "image64_resnet", "text": "celeba_text_conv"},
+    classifiers={"image": ClassifierSpec("image64_attributes"), "text": ClassifierSpec("celeba_text_attributes")},
     metrics=("coherence_ap", "latent_probe_ap", "prd", "log_likelihood"),
     # As for PolyMNIST: cross-modal coherence, and PRD weighted up because its values are lower.
     objective_weights={"coherence_ap_missing": 1.0, "prd": 2.0},

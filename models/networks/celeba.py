@@ -228,7 +228,7 @@ def build_text_decoder(spec: ModalitySpec, latent_dim: int) -> CelebATextDecoder
 # The builders read DIM and DROPOUT when called, so setting them before building takes effect.
 # RGB only: other channel counts of 64x64 keep the generic fallback unless chosen by name.
 register_networks(NetworkEntry(
-    name="celeba_image_resnet",
+    name="image64_resnet",
     matches=lambda spec: spec.kind == "image" and tuple(spec.shape) == (3, IMAGE_SIZE, IMAGE_SIZE),
     encoder=build_image_encoder,
     decoder=build_image_decoder,
