@@ -61,6 +61,37 @@ def celeba_shards(celeba_source, tmp_path_factory) -> Path:
     return out
 
 
+CUB_FIXTURE = {"num_images": 24, "seed": 5}
+"""20 train images (200 samples) of 5 classes, 4 test images (40 samples) of one: the class-disjoint
+split of the official forms, a few seconds to build."""
+
+
+@pytest.fixture(scope="session")
+def cub_source(tmp_path_factory) -> Path:
+    """A small CUB_200_2011 as MMVM reads it, with the attribute file (so colour-group labels)."""
+    from data_pipelines.cub import write_cub_200_2011_fixture
+
+    return write_cub_200_2011_fixture(tmp_path_factory.mktemp("cub-source") / "CUB_200_2011", **CUB_FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def cub_release_source(tmp_path_factory) -> Path:
+    """The same birds in the layout of MMVAE's cub.zip (no labels)."""
+    from data_pipelines.cub import write_cub_release_fixture
+
+    return write_cub_release_fixture(tmp_path_factory.mktemp("cub-release"), **CUB_FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def cub_shards(cub_source, tmp_path_factory) -> Path:
+    """The CUB_200_2011 fixture built into shards (``train/``, ``test/``); treat as read-only."""
+    from data_pipelines.cub import build_cub
+
+    out = tmp_path_factory.mktemp("cub") / "cub"
+    build_cub(cub_source, out, samples_per_shard=20, workers=1, progress=False, log=lambda _: None)
+    return out
+
+
 @pytest.fixture
 def polymnist_copy(polymnist_shards, tmp_path) -> Path:
     """A private copy of ``polymnist_shards`` that a test may damage."""

@@ -104,6 +104,22 @@ def test_accuracy_metrics_on_multi_label_data_are_refused_naming_metric_and_data
     check_against_dataset(build_config({"data": {"dataset": "celeba"}}), manifest)  # the defaults fit
 
 
+def test_label_metrics_on_a_dataset_built_without_labels_are_refused_naming_the_reason():
+    """CUB from the MMVAE release has no attribute file: its manifests say label kind ``none``."""
+    manifest = _manifest("cub", "none", [])
+    with pytest.raises(ConfigError) as error:
+        check_against_dataset(build_config({"data": {"dataset": "cub"}}), manifest)  # the colour-group defaults
+    message = str(error.value)
+    assert "\n" not in message
+    assert "'coherence_ap'" in message and "needs labels" in message
+    assert "dataset 'cub' was built without labels" in message and "metrics that apply: log_likelihood" in message
+    with pytest.raises(ConfigError, match=r"'prd' .* needs coherence classifiers, which train on labels; dataset"):
+        check_against_dataset(build_config({"data": {"dataset": "cub"},
+                                            "evaluation": {"metrics": ["prd"], "objective_weights": {"prd": 1.0}}}), manifest)
+    check_against_dataset(build_config({"data": {"dataset": "cub"}, "evaluation": {
+        "metrics": ["log_likelihood"], "objective_weights": {"log_likelihood": 1.0}}}), manifest)
+
+
 def test_objective_weights_must_name_a_result_of_the_metrics():
     manifest = _manifest("celeba", "multi", ["Smiling"])
     config = build_config({"data": {"dataset": "celeba"},
@@ -119,7 +135,7 @@ def test_shards_of_another_dataset_are_refused():
 
 
 def test_unknown_dataset_is_refused_naming_the_registered_ones():
-    with pytest.raises(ConfigError, match=r"data.dataset: unknown dataset 'mnist'; registered: celeba, polymnist"):
+    with pytest.raises(ConfigError, match=r"data.dataset: unknown dataset 'mnist'; registered: celeba, cub, polymnist"):
         build_config({"data": {"dataset": "mnist"}})
 
 

@@ -181,10 +181,10 @@ def _main(study: Study, argv: list[str] | None) -> dict[str, Any]:
     plan = PROFILES[args.profile](study, args)
     config = sweep_config(study, plan, args)
     template = config.validate_trials()
-    resources = cluster_resources()
     root = prepare_dataset(plan, args.source)
-    # Before the classifiers train for minutes: a config the dataset cannot take fails now.
+    # Before Ray starts and the classifiers train for minutes: a config the dataset cannot take fails now.
     check_config_fits_dataset(template.model_copy(update={"data": template.data.model_copy(update={"path": root})}))
+    resources = cluster_resources()
     if needs_classifiers(template.evaluation.metrics):
         from data_pipelines.manifest import load_manifest
 

@@ -4,7 +4,8 @@ A sweep script is one study on one dataset: ``fmean_study`` searches the learnab
 aggregators (beta, number of flows, coupling-block layers and width, latent size, learning
 rate: Table 5.1), ``baselines_study`` the fixed-fusion ones (beta, latent size, learning rate).
 Only the latent sizes differ between datasets (PolyMNIST 512/1280 as in the thesis, CelebA
-MoPoE's 32 shared dimensions and twice that).
+MoPoE's 32 shared dimensions and twice that, CUB MMVM's 128 and twice that); a dataset's
+descriptor may narrow a profile's space (``ProfileDefaults.space``), e.g. to MMVM's CUB betas.
 """
 
 from __future__ import annotations
