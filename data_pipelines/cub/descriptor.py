@@ -27,7 +27,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         "Build CUB image-captions shards + manifest.json into OUT/train and OUT/test from either official form in "
         "SOURCE, recognised by what it holds: the cleaned release of MMVAE (cub.zip or its folder: train/ and test/ "
         "class folders, text_trainvalclasses.txt and text_testclasses.txt), or CUB_200_2011 as MMVM reads it "
-        "(images/, train_idx.txt/test_idx.txt, captions/<image>.txt, attributes/image_attribute_labels.txt). One "
+        "(images/, train_idx.txt/test_idx.txt, captions/<class>/<image>.txt, attributes/image_attribute_labels.txt). One "
         "sample per (image, caption) pair; images 64x64; captions 32 word ids over the train split's words counted "
         "more than 3 times; labels the 6 primary-colour groups of MMVM where the attribute file exists, none "
         "otherwise. An identical existing build is left alone."
@@ -67,7 +67,7 @@ DESCRIPTOR = register_dataset(DatasetDescriptor(
     objective_weights={"coherence_ap_missing": 1.0, "prd": 2.0},
     official_files="either the cleaned release of MMVAE, cub.zip (http://www.robots.ox.ac.uk/~yshi/mmdgm/datasets/"
                    "cub.zip) or its folder, which has no labels; or CUB_200_2011 (images/, attributes/) with the "
-                   "Reed et al. captions as captions/<image>.txt and train_idx.txt/test_idx.txt, as MMVM reads it",
+                   "Reed et al. captions as captions/<class>/<image>.txt and train_idx.txt/test_idx.txt, as MMVM reads it",
     decode_text=decode_text,
     profiles={
         "local": ProfileDefaults(
