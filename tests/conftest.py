@@ -93,6 +93,18 @@ def cub_shards(cub_source, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: on a shared 2-core machine two spinning threads can run
+    10x slower than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def polymnist_copy(polymnist_shards, tmp_path) -> Path:
     """A private copy of ``polymnist_shards`` that a test may damage."""
     return Path(shutil.copytree(polymnist_shards, tmp_path / "polymnist"))

@@ -6,10 +6,6 @@ Aim, a smoke ASHA sweep, and the refusals that happen before Ray starts."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,14 +13,8 @@ import pytest
 
 from mmplatform.config import build_config
 from mmplatform.tracking import query_images, query_metrics, query_texts, reindex
-
-REPO = Path(__file__).resolve().parents[1]
-MMPLATFORM = [sys.executable, "-m", "mmplatform"]
-
-
-def _run(args, env=None, timeout=600):
-    return subprocess.run([*MMPLATFORM, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+from tests.cli_fixtures import run_command as _run
+from tests.cli_fixtures import train_classifiers
 
 
 def test_build_command_builds_the_official_layout_and_names_a_bad_line(celeba_source, celeba_shards, tmp_path):
@@ -57,10 +47,7 @@ def test_build_command_builds_the_official_layout_and_names_a_bad_line(celeba_so
 @pytest.fixture(scope="module")
 def celeba_classifiers(ray_cluster, celeba_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("celeba-classifiers") / "classifiers"
-    completed = _run(["classifiers", "train", "--data", str(celeba_shards), "--out", str(out), "--max-epochs", "1",
-                      "--min-score", "0", "--batch-size", "16"], env=ray_cluster.client_env())
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout[[m.start() for m in re.finditer(r"^\{", completed.stdout, re.M)][-1]:])
+    report = train_classifiers(ray_cluster, celeba_shards, out)
     assert report["score"] == "mean_average_precision"
     assert set(report["test_score"]) == {"image", "text"}
     assert all(0.0 < value <= 1.0 for value in report["test_score"].values())

@@ -7,9 +7,6 @@ an unlabelled build (the release) that happen before Ray starts."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,21 +15,9 @@ import pytest
 
 from mmplatform.config import build_config
 from mmplatform.tracking import query_metrics, query_texts, reindex
-
-REPO = Path(__file__).resolve().parents[1]
-MMPLATFORM = [sys.executable, "-m", "mmplatform"]
-
-
-def _run(args, env=None, timeout=600, command=MMPLATFORM):
-    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-def _one_line_error(completed) -> str:
-    assert completed.returncode == 2, completed.stderr[-2000:]
-    error = completed.stderr.strip()
-    assert "\n" not in error and "Traceback" not in error, error
-    return error
+from tests.cli_fixtures import one_line_error as _one_line_error
+from tests.cli_fixtures import run_command as _run
+from tests.cli_fixtures import train_classifiers
 
 
 def test_build_command_builds_both_forms_to_one_format_and_names_a_bad_line(
@@ -68,10 +53,7 @@ def test_build_command_builds_both_forms_to_one_format_and_names_a_bad_line(
 @pytest.fixture(scope="module")
 def cub_classifiers(ray_cluster, cub_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cub-classifiers") / "classifiers"
-    completed = _run(["classifiers", "train", "--data", str(cub_shards), "--out", str(out), "--max-epochs", "1",
-                      "--min-score", "0", "--batch-size", "16"], env=ray_cluster.client_env())
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout[[m.start() for m in re.finditer(r"^\{", completed.stdout, re.M)][-1]:])
+    report = train_classifiers(ray_cluster, cub_shards, out)
     assert report["score"] == "mean_average_precision"
     assert set(report["test_score"]) == {"image", "text"}
     assert all(0.0 < value <= 1.0 for value in report["test_score"].values())

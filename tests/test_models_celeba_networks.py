@@ -1,7 +1,7 @@
 """CelebA networks (MoPoE's residual conv nets) and attribute classifiers: selection, shapes,
 gradients, likelihoods, the ability to fit, and a MoPoE ``MultimodalVAE`` built on them.
 
-Runs on one thread: on a shared 2-core machine two spinning threads can run 10x slower than one.
+Runs on one thread (``one_torch_thread``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from models.networks.celeba import (
     text_feature_extractor,
 )
 from models.vae import MultimodalVAE
+from tests.model_fixtures import fit_errors
 
 # 71 characters, '-' twice: the shape of MoPoE's alphabet (ids index it, so 71 classes).
 ALPHABET = tuple("abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+-=<>()[]{} \n")
@@ -34,12 +35,7 @@ NUM_ATTRIBUTES = 40
 LATENT = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sample_input(spec: ModalitySpec, batch_size: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -172,20 +168,7 @@ def test_pair_overfits_eight_fixed_examples(modality):
         def error(params):
             return -categorical.log_prob(params, x).mean()
 
-    def evaluate() -> float:
-        encoder.eval(), decoder.eval()
-        with torch.no_grad():
-            value = float(error(decoder(encoder(x)[0])))
-        encoder.train(), decoder.train()
-        return value
-
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=3e-3)
-    before = evaluate()
-    for _ in range(200):
-        optimizer.zero_grad(set_to_none=True)
-        error(decoder(encoder(x)[0])).backward()
-        optimizer.step()
-    after = evaluate()
+    before, after = fit_errors(encoder, decoder, x, error)
     assert after < 0.5 * before, (before, after)
 
 

@@ -2,7 +2,7 @@
 builder's specs, shapes in train and eval mode, the padding word, a receptive field that covers
 the whole caption, gradients, the ability to fit, and a MoPoE ``MultimodalVAE`` on CUB's specs.
 
-Runs on one thread: on a shared 2-core machine two spinning threads can run 10x slower than one.
+Runs on one thread (``one_torch_thread``).
 """
 
 from __future__ import annotations
@@ -18,18 +18,14 @@ from models.likelihoods import build_likelihood
 from models.networks import build_networks, select_networks
 from models.networks.words import WordDecoder, WordEncoder, WordFeatures, padding_id
 from models.vae import MultimodalVAE
+from tests.model_fixtures import fit_errors
 
 VOCABULARY = SPECIAL_TOKENS + tuple(f"word{i}" for i in range(57))
 IMAGE, TEXT = modality_specs(VOCABULARY)  # the specs the CUB builder writes into its manifests
 LATENT = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def captions(count: int, seed: int = 0) -> torch.Tensor:
@@ -93,23 +89,8 @@ def test_pair_overfits_eight_fixed_captions():
     decoder = WordDecoder(LATENT, len(VOCABULARY), width=16)
     categorical = build_likelihood("categorical")
 
-    def nll() -> torch.Tensor:
-        return -categorical.log_prob(decoder(encoder(ids)[0]), ids).mean()
-
-    def evaluate() -> float:
-        encoder.eval(), decoder.eval()
-        with torch.no_grad():
-            value = float(nll())
-        encoder.train(), decoder.train()
-        return value
-
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=3e-3)
-    before = evaluate()
-    for _ in range(200):
-        optimizer.zero_grad(set_to_none=True)
-        nll().backward()
-        optimizer.step()
-    assert evaluate() < 0.5 * before
+    before, after = fit_errors(encoder, decoder, ids, lambda logits: -categorical.log_prob(logits, ids).mean())
+    assert after < 0.5 * before, (before, after)
 
 
 @pytest.mark.parametrize("name, spec, features", [("image64_attributes", IMAGE, 160), ("words_attributes", TEXT, 128)],
