@@ -91,6 +91,9 @@ class Manifest:
     """The parameters the builder ran with; a rebuild with equal parameters is a no-op."""
     source: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    restricted: bool = False
+    """Credentialed data (MIMIC-CXR): no sample of it (image, decoded text, per-sample value) may
+    reach Aim or the logs unless the user sets ``tracking.log_restricted_samples``."""
     format_version: int = FORMAT_VERSION
     path: Path | None = field(default=None, compare=False)
     """Where this manifest was loaded from (not serialized)."""
@@ -130,6 +133,7 @@ class Manifest:
             "builder": self.builder,
             "source": self.source,
             "seed": self.seed,
+            "restricted": self.restricted,
         }
 
     def validate(self, path: Path) -> None:
@@ -201,6 +205,9 @@ def _validate(data: Any, path: Path) -> Manifest:
     source = data.get("source", {})
     check.that(isinstance(builder, dict), "builder", "must be an object")
     check.that(isinstance(source, dict), "source", "must be an object")
+    # Absent in manifests written before the field existed: those datasets are all public.
+    restricted = data.get("restricted", False)
+    check.that(isinstance(restricted, bool), "restricted", "must be true or false")
     return Manifest(
         dataset=check.field(data, "dataset", str),
         version=check.field(data, "version", str),
@@ -215,6 +222,7 @@ def _validate(data: Any, path: Path) -> Manifest:
         builder=builder,
         source=source,
         seed=seed,
+        restricted=restricted,
         format_version=version,
         path=path,
     )

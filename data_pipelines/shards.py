@@ -65,6 +65,8 @@ class SplitHeader:
     builder: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    restricted: bool = False
+    """Credentialed data: see ``Manifest.restricted``."""
 
     def identity(self) -> dict[str, Any]:
         """What decides whether an existing build can be reused (compared after a JSON round trip)."""
@@ -78,6 +80,7 @@ class SplitHeader:
             "builder": self.builder,
             "source": self.source,
             "seed": self.seed,
+            "restricted": self.restricted,
         }))
 
 
@@ -169,6 +172,7 @@ def write_split(
             builder=header.builder,
             source=header.source,
             seed=header.seed,
+            restricted=header.restricted,
         )
 
     # Fail on a bad header (duplicate modality names, unknown label kind...) before writing.
@@ -207,7 +211,7 @@ def existing_build_matches(split_dir: str | Path, header: SplitHeader) -> bool:
         dataset=manifest.dataset, version=manifest.version, split=manifest.split,
         modalities=manifest.modalities, label_kind=manifest.label_kind,
         label_names=manifest.label_names, builder=manifest.builder, source=manifest.source,
-        seed=manifest.seed,
+        seed=manifest.seed, restricted=manifest.restricted,
     )
     if stored.identity() != header.identity():
         return False

@@ -90,3 +90,26 @@ def test_manifest_refuses_to_write_inconsistent_fields(tmp_path):
     with pytest.raises(ManifestError, match="duplicate names"):
         write_split(tmp_path / "split", bad, _samples(2), 2, 2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_restricted_mark_is_written_read_and_part_of_the_identity(tmp_path):
+    import dataclasses
+    import json
+
+    from data_pipelines.shards import existing_build_matches
+
+    restricted = dataclasses.replace(HEADER, restricted=True)
+    write_split(tmp_path / "private", restricted, _samples(4), 4, 4)
+    assert load_manifest(tmp_path / "private").restricted is True
+    assert existing_build_matches(tmp_path / "private", restricted)
+    assert not existing_build_matches(tmp_path / "private", HEADER)  # a public build of it is another build
+    write_split(tmp_path / "public", HEADER, _samples(4), 4, 4)
+    assert load_manifest(tmp_path / "public").restricted is False
+    path = tmp_path / "public" / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["restricted"]  # manifests written before the mark: public
+    path.write_text(json.dumps(data))
+    assert load_manifest(tmp_path / "public").restricted is False
+    path.write_text(json.dumps({**data, "restricted": "yes"}))
+    with pytest.raises(ManifestError, match="field 'restricted' must be true or false"):
+        load_manifest(tmp_path / "public")
