@@ -223,6 +223,9 @@ class TrackingConfig(_Section):
     """Where metrics go while the Aim server is unreachable; default under the data root."""
     tags: dict[str, str] = Field(default_factory=dict)
     """Extra flat hparams stored on the run (a sweep adds its name and the trial id)."""
+    log_restricted_samples: bool = False
+    """Log images and decoded text of a restricted (credentialed) dataset to Aim anyway; off, only
+    its aggregate metrics are tracked (``mmplatform.privacy``)."""
 
     def resolved_repo(self) -> str:
         return self.repo or paths.aim_repo()

@@ -20,12 +20,14 @@ from data_pipelines.datasets import dataset_descriptor
 from data_pipelines.manifest import Manifest, load_manifest
 from mmplatform.config import TrainConfig
 from mmplatform.evaluation.evaluator import EvaluationOptions, Evaluator
-from mmplatform.evaluation.metrics import LATENT_PROBE, LATENT_PROBE_AP, needs_classifiers
+from mmplatform.evaluation.metrics import METRICS, needs_classifiers
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
+from mmplatform.privacy import samples_may_be_logged
 
 GRID_SAMPLES = 8
 """Test tuples shown per grid (columns); the rows are the subsets."""
-PROBE_METRICS = {LATENT_PROBE.name, LATENT_PROBE_AP.name}
+PROBE_METRICS = {metric.name for metric in METRICS.values() if "probe_train_samples" in metric.options}
+"""The metrics that fit a latent probe on encoded training rows (every latent_probe* variant)."""
 
 
 def classifiers_dir(config: TrainConfig) -> Path:
@@ -108,6 +110,7 @@ class EvaluationSession:
         self.text_modalities = {spec.name: spec for spec in manifest.modalities
                                 if spec.kind == "text" and spec.name in modalities}
         self.decode_text = dataset_descriptor(manifest.dataset).decode_text
+        self.log_samples = samples_may_be_logged(config, manifest)
         self.probe_reader = None
         if metrics & PROBE_METRICS:
             # The probe trains on a fixed, seeded sample of the training split, not all of it.
@@ -125,7 +128,8 @@ class EvaluationSession:
         value = objective(result.scalars(), self.config.evaluation.objective_weights)
         if value is not None:
             result.records.append(MetricRecord("objective", value, {"split": "test"}))
-        samples = self._generated_samples(eval_reader) if rank == 0 else []
+        # A restricted dataset's samples are never rendered, so there is nothing to leak.
+        samples = self._generated_samples(eval_reader) if rank == 0 and self.log_samples else []
         return EvaluationOutcome(result, samples)
 
     @torch.no_grad()

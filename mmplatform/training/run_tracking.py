@@ -68,14 +68,16 @@ class TrainingTracker:
         self.tracker.close()
 
 
-def open_tracker(config: TrainConfig, run_hash: str | None) -> TrainingTracker:
+def open_tracker(config: TrainConfig, run_hash: str | None, samples_logged: bool = True) -> TrainingTracker:
+    """``samples_logged``: whether generated samples will be tracked (``mmplatform.privacy``),
+    recorded in the run so that a missing image grid is never a mystery."""
     run_hash = run_hash or _recorded_hash(config)
     tracker = Tracker(
         repo=config.tracking.resolved_repo(),
         experiment=config.tracking.experiment,
         run_name=config.tracking.run_name or config.name,
         run_hash=run_hash,
-        hparams=config.flat_hparams(),
+        hparams={**config.flat_hparams(), "samples_logged": samples_logged},
         fallback_dir=config.tracking.resolved_fallback_dir(),
     )
     path = _hash_file(config)

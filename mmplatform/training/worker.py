@@ -112,7 +112,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     evaluation = EvaluationSession(config, model, train_dir=train_dir, device=device)
     # Opened last: a setup error above must not leave an empty Aim run behind.
-    tracker = open_tracker(config, run_hash) if rank == 0 else None
+    tracker = open_tracker(config, run_hash, evaluation.log_samples) if rank == 0 else None
 
     metrics: dict[str, Any] | None = None
     try:
