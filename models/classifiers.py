@@ -3,7 +3,8 @@
 A registered factory takes ``(spec, num_outputs)``: the ``ModalitySpec`` of the modality it
 judges and the number of logits (classes of a single-label dataset, attributes of a
 multi-label one). The module returns logits ``[B, num_outputs]`` and has ``features(x)``, the
-penultimate activations used as PRD features.
+penultimate activations used as PRD features, and ``head``, with ``forward(x) == head(features(x))``:
+the evaluation classifies generated images and takes their PRD features in one pass.
 
 ``polymnist_digit``: the MoPoE PolyMNIST classifier, one per modality:
 Conv(3->10,k4,s2,p1)-Dropout2d(0.5)-ReLU-Conv(10->20,k4,s2,p1)-Dropout2d(0.5)-ReLU-Flatten(980)-
@@ -20,7 +21,12 @@ CUB's images (64x64 RGB) are judged by ``image64_attributes`` too, on its 6 colo
 ``words_attributes``: the caption classifier of CUB, the word CNN of the VAE's text encoder
 (``models.networks.words``) at width ``WORDS_CLASSIFIER_WIDTH``, Dropout(0.5), Linear(-> attribute
 logits). MMVM trains ResNet-based classifiers "to predict the shared labels" (seeds-digest 2.4)
-without fixing the text architecture; a word CNN is the usual choice for captions.
+without fixing the text architecture; a word CNN is the usual choice for captions. MIMIC-CXR's
+findings text uses it too (Klug's MoPoE-MIMIC: a word CNN for the text).
+
+``resnet_image_attributes``: the X-ray classifier of MIMIC-CXR, the residual feature extractor of
+``models.networks.resnet_image`` at width ``RESNET_CLASSIFIER_WIDTH`` (MMVM's reference classifier
+is its ResNet encoder plus a linear layer with one output per label), Dropout(0.5), Linear.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from models.networks.celeba import (
     text_feature_extractor,
     vocabulary_size,
 )
+from models.networks.resnet_image import image_features as resnet_image_features
 from models.networks.words import word_features
 
 
@@ -104,6 +111,15 @@ def words_attribute_classifier(spec: ModalitySpec, num_outputs: int) -> Attribut
     return AttributeClassifier(extractor, extractor.num_features, num_outputs)
 
 
+RESNET_CLASSIFIER_WIDTH = 16
+"""Width of the X-ray classifiers' residual extractor (the VAE's: 64); 5 x 16 = 80 features."""
+
+
+def resnet_image_attribute_classifier(spec: ModalitySpec, num_outputs: int) -> AttributeClassifier:
+    extractor = resnet_image_features(spec.shape[0], spec.shape[1], RESNET_CLASSIFIER_WIDTH)
+    return AttributeClassifier(extractor, FEATURE_MULTIPLIER * RESNET_CLASSIFIER_WIDTH, num_outputs)
+
+
 ClassifierFactory = Callable[[ModalitySpec, int], nn.Module]
 CLASSIFIERS: dict[str, ClassifierFactory] = {}
 
@@ -124,3 +140,4 @@ register_classifier("polymnist_digit", lambda spec, num_outputs: PolyMNISTDigitC
 register_classifier("image64_attributes", celeba_image_attribute_classifier)
 register_classifier("celeba_text_attributes", celeba_text_attribute_classifier)
 register_classifier("words_attributes", words_attribute_classifier)
+register_classifier("resnet_image_attributes", resnet_image_attribute_classifier)

@@ -57,8 +57,20 @@ def test_shapes_and_a_finite_categorical_log_prob(batch_size, training):
         encoder(ids[:, :31])
 
 
+@pytest.mark.parametrize("length", [8, 128])
+def test_other_lengths_of_four_times_a_power_of_two(length):
+    """MIMIC-CXR's findings are 128 words: the same nets with more halvings."""
+    spec = dataclasses.replace(TEXT, shape=(length,))
+    assert select_networks(spec).name == "words_conv"
+    encoder, decoder = build_networks(spec, LATENT)
+    encoder.eval(), decoder.eval()
+    ids = torch.randint(0, len(VOCABULARY), (2, length))
+    assert decoder(encoder(ids)[0]).shape == (2, length, len(VOCABULARY))
+    assert select_networks(dataclasses.replace(TEXT, shape=(48,))).name == "mlp_text"  # not 4 * 2^n
+
+
 def test_padding_is_embedded_as_zeros_and_every_position_is_seen():
-    features = WordFeatures(len(VOCABULARY), padding_id(TEXT), width=8).eval()
+    features = WordFeatures(len(VOCABULARY), padding_id(TEXT), 32, width=8).eval()
     pad = padding_id(TEXT)
     assert torch.equal(features.embedding.weight[pad], torch.zeros(features.embedding.embedding_dim))
     # The receptive field of the bottleneck covers the caption: each position moves the features.
@@ -85,8 +97,8 @@ def test_pair_overfits_eight_fixed_captions():
     """200 Adam steps at width 16 more than halve the categorical NLL of 8 random captions (eval mode)."""
     torch.manual_seed(0)
     ids = captions(8, seed=1)
-    encoder = WordEncoder(WordFeatures(len(VOCABULARY), padding_id(TEXT), width=16), LATENT)
-    decoder = WordDecoder(LATENT, len(VOCABULARY), width=16)
+    encoder = WordEncoder(WordFeatures(len(VOCABULARY), padding_id(TEXT), 32, width=16), LATENT)
+    decoder = WordDecoder(LATENT, len(VOCABULARY), 32, width=16)
     categorical = build_likelihood("categorical")
 
     before, after = fit_errors(encoder, decoder, ids, lambda logits: -categorical.log_prob(logits, ids).mean())

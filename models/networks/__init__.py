@@ -54,4 +54,4 @@ def build_networks(spec: ModalitySpec, latent_dim: int, name: str | None = None)
 
 
 # Importing the modules registers their entries.
-from models.networks import celeba, generic, polymnist, words  # noqa: E402,F401
+from models.networks import celeba, generic, polymnist, resnet_image, words  # noqa: E402,F401

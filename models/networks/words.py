@@ -1,4 +1,5 @@
-"""Word-level convolutional text networks: captions of word ids (CUB) with a categorical likelihood.
+"""Word-level convolutional text networks: word ids (CUB captions, MIMIC-CXR findings) with a
+categorical likelihood.
 
 Facts from MMVAE's CUB sentence model (Shi et al. 2019, iffsid/mmvae ``models/vae_cub_sent.py``;
 seeds-digest 2.2/6): sentences of 32 word ids (31 words + ``<eos>``, ``<pad>`` fill), a learnt
@@ -7,15 +8,16 @@ decoder, a categorical likelihood over the vocabulary for every position. MMVM (
 2024, B.6) uses CNN encoders and decoders with ReLU for CUB's captions and a 128-d latent.
 
 Architecture (width ``W`` = ``WIDTH``, embedding ``E`` = ``EMBEDDING_DIM``; every convolution
-kernel 4):
+kernel 4), for a length ``L = 4 * 2^n`` (CUB: 32, n = 3; MIMIC-CXR: 128, n = 5):
 
-* Encoder: ids ``[B, 32]`` -> embedding ``[B, E, 32]`` (channels = embedding, positions = length)
-  -> Conv1d(E->W, s2, p1) 32->16, Conv1d(W->2W, s2, p1) 16->8, Conv1d(2W->4W, s2, p1) 8->4,
+* Encoder: ids ``[B, L]`` -> embedding ``[B, E, L]`` (channels = embedding, positions = length)
+  -> n Conv1d(s2, p1) halving the length to 4, with W, 2W, 4W, 4W, ... channels, then
   Conv1d(4W->4W, s1, p0) 4->1, each but the last followed by BatchNorm and ReLU -> ``[B, 4W]``
-  -> Linear(4W -> 2D) split into ``(mu, logvar)``.
-* Decoder: ``z [N, D]`` -> Linear(D -> 4W) as a ``[4W, 1]`` sequence -> ConvTranspose1d(4W->2W,
-  s1, p0) 1->4, (2W->W, s2, p1) 4->8, (W->W, s2, p1) 8->16, (W->E, s2, p1) 16->32, each but the
-  last followed by BatchNorm and ReLU -> ``[N, 32, E]`` -> Linear(E -> V): logits ``[N, 32, V]``.
+  -> Linear(4W -> 2D) split into ``(mu, logvar)``. CUB: E->W 32->16, W->2W 16->8, 2W->4W 8->4, 4->1.
+* Decoder, the mirror: ``z [N, D]`` -> Linear(D -> 4W) as a ``[4W, 1]`` sequence ->
+  ConvTranspose1d(s1, p0) 1->4, then n ConvTranspose1d(s2, p1) doubling to L, the channels of the
+  encoder in reverse down to E, each but the last followed by BatchNorm and ReLU -> ``[N, L, E]``
+  -> Linear(E -> V): logits ``[N, L, V]``.
 
 Departures: MMVAE convolves the ``[32, 128]`` embedded sentence as a one-channel image with 2-D
 kernels; here the embedding is the channel axis of 1-D convolutions over the positions (the usual
@@ -36,8 +38,6 @@ EMBEDDING_DIM = 128
 """MMVAE's ``embeddingDim``."""
 WIDTH = 128
 """Channels of the first convolution; the bottleneck has 4x as many."""
-SEQUENCE_LENGTH = 32
-"""Words per caption (MMVAE's ``maxSentLen``): the length the convolutions are laid out for."""
 PAD = "<pad>"
 """The padding word, embedded as zeros (``padding_idx``)."""
 
@@ -54,6 +54,19 @@ def padding_id(spec: ModalitySpec) -> int | None:
     return vocabulary.index(PAD) if PAD in vocabulary else None
 
 
+def halvings(length: int) -> int:
+    """n with ``length == 4 * 2^n`` (n >= 1): the lengths the convolutions are laid out for."""
+    n = (length // 4).bit_length() - 1
+    if length < 8 or 4 * 2**n != length:
+        raise ValueError(f"word sequences of length 4 * 2^n (8, 16, 32, 64, 128, ...) expected, got {length}")
+    return n
+
+
+def _channels(width: int, embedding_dim: int, n: int) -> list[int]:
+    """Encoder channels: E, then W, 2W, 4W, 4W, ... after each halving, then 4W at the bottleneck."""
+    return [embedding_dim, *(width * 2 ** min(i, 2) for i in range(n)), 4 * width]
+
+
 def _conv_stack(channels: list[int], strides_paddings: list[tuple[int, int]], transposed: bool) -> list[nn.Module]:
     conv = nn.ConvTranspose1d if transposed else nn.Conv1d
     layers: list[nn.Module] = []
@@ -65,22 +78,23 @@ def _conv_stack(channels: list[int], strides_paddings: list[tuple[int, int]], tr
 
 
 class WordFeatures(nn.Module):
-    """Word ids ``[B, 32]`` (any integer dtype) -> ``[B, 4W]`` features."""
+    """Word ids ``[B, L]`` (any integer dtype) -> ``[B, 4W]`` features."""
 
-    def __init__(self, vocabulary_size: int, padding_idx: int | None, width: int = WIDTH,
+    def __init__(self, vocabulary_size: int, padding_idx: int | None, length: int, width: int = WIDTH,
                  embedding_dim: int = EMBEDDING_DIM) -> None:
         super().__init__()
+        n = halvings(length)
+        self.length = length
         self.embedding = nn.Embedding(vocabulary_size, embedding_dim, padding_idx=padding_idx)
         self.convolutions = nn.Sequential(
-            *_conv_stack([embedding_dim, width, 2 * width, 4 * width, 4 * width],
-                         [(2, 1), (2, 1), (2, 1), (1, 0)], transposed=False),  # 32 -> 16 -> 8 -> 4 -> 1
+            *_conv_stack(_channels(width, embedding_dim, n), [(2, 1)] * n + [(1, 0)], transposed=False),  # L -> 4 -> 1
             nn.Flatten(),
         )
         self.num_features = 4 * width
 
     def forward(self, ids: Tensor) -> Tensor:
-        if ids.shape[-1] != SEQUENCE_LENGTH:
-            raise ValueError(f"word sequences of length {SEQUENCE_LENGTH} expected, got {tuple(ids.shape)}")
+        if ids.shape[-1] != self.length:
+            raise ValueError(f"word sequences of length {self.length} expected, got {tuple(ids.shape)}")
         return self.convolutions(self.embedding(ids.long()).transpose(1, 2))
 
 
@@ -98,17 +112,18 @@ class WordEncoder(nn.Module):
 
 
 class WordDecoder(nn.Module):
-    """``z [N, D]`` -> word logits ``[N, 32, V]`` (the categorical likelihood normalizes them)."""
+    """``z [N, D]`` -> word logits ``[N, L, V]`` (the categorical likelihood normalizes them)."""
 
-    def __init__(self, latent_dim: int, vocabulary_size: int, width: int = WIDTH,
+    def __init__(self, latent_dim: int, vocabulary_size: int, length: int, width: int = WIDTH,
                  embedding_dim: int = EMBEDDING_DIM) -> None:
         super().__init__()
+        n = halvings(length)
         top = 4 * width
         self.net = nn.Sequential(
             nn.Linear(latent_dim, top),
             nn.Unflatten(1, (top, 1)),
-            *_conv_stack([top, 2 * width, width, width, embedding_dim],
-                         [(1, 0), (2, 1), (2, 1), (2, 1)], transposed=True),  # 1 -> 4 -> 8 -> 16 -> 32
+            *_conv_stack(_channels(width, embedding_dim, n)[::-1], [(1, 0)] + [(2, 1)] * n,
+                         transposed=True),  # 1 -> 4 -> ... -> L
         )
         self.to_vocabulary = nn.Linear(embedding_dim, vocabulary_size)
 
@@ -117,7 +132,7 @@ class WordDecoder(nn.Module):
 
 
 def word_features(spec: ModalitySpec, width: int = WIDTH) -> WordFeatures:
-    return WordFeatures(vocabulary_size(spec), padding_id(spec), width)
+    return WordFeatures(vocabulary_size(spec), padding_id(spec), spec.shape[0], width)
 
 
 def build_encoder(spec: ModalitySpec, latent_dim: int) -> WordEncoder:
@@ -125,13 +140,18 @@ def build_encoder(spec: ModalitySpec, latent_dim: int) -> WordEncoder:
 
 
 def build_decoder(spec: ModalitySpec, latent_dim: int) -> WordDecoder:
-    return WordDecoder(latent_dim, vocabulary_size(spec))
+    return WordDecoder(latent_dim, vocabulary_size(spec), spec.shape[0])
 
 
 def _is_word_sequence(spec: ModalitySpec) -> bool:
-    """Text of 32 ids over a vocabulary of words (some entry longer than one character)."""
-    return (spec.kind == "text" and tuple(spec.shape) == (SEQUENCE_LENGTH,)
-            and any(len(token) > 1 for token in spec.vocabulary or ()))
+    """Text of 4 * 2^n ids over a vocabulary of words (some entry longer than one character)."""
+    if spec.kind != "text" or len(spec.shape) != 1 or not any(len(token) > 1 for token in spec.vocabulary or ()):
+        return False
+    try:
+        halvings(spec.shape[0])
+    except ValueError:
+        return False
+    return True
 
 
 register_networks(NetworkEntry(
