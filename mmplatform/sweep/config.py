@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mmplatform.config import ConfigError, ModelConfig, TrainConfig, build_config, merge, nest
 from mmplatform.sweep.search_space import ParamSpec
 
+AGGREGATOR_KEY = "model.aggregator"
+OPTIONS_PREFIX = "model.aggregator_options."
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,9 +47,13 @@ class SweepConfig(_Section):
     """What each trial's driver (the Tune function that runs the TorchTrainer) requests."""
 
     def trial_config(self, sampled: dict[str, Any], trial_id: str) -> TrainConfig:
-        """The TrainConfig of one trial: template + sampled values + sweep bookkeeping."""
-        tree = merge(self.base, nest(sampled))
-        aggregator = tree.get("model", {}).get("aggregator") or ModelConfig.model_fields["aggregator"].default
+        """The TrainConfig of one trial: template + sampled values + sweep bookkeeping.
+
+        Sampled aggregator options the trial's aggregator does not take are left out: a study may
+        search the flows' options and also run MoPoE, which has none (conditional parameters)."""
+        aggregator = sampled.get(AGGREGATOR_KEY) or self.base.get("model", {}).get("aggregator") \
+            or ModelConfig.model_fields["aggregator"].default
+        tree = merge(self.base, nest(_applicable(sampled, aggregator)))
         tree = merge(tree, {
             "name": f"{self.name}-{trial_id}",
             "training": {"epochs": self.scheduler.max_epochs},
@@ -57,13 +64,28 @@ class SweepConfig(_Section):
         return build_config(tree)
 
     def validate_trials(self) -> TrainConfig:
-        """Check the template with every spec's first value before Ray starts."""
+        """Check the template with every spec's first value, once per searched aggregator, before
+        Ray starts; returns the first aggregator's config."""
         example = {key: _example_value(spec) for key, spec in self.search_space.items()}
-        return self.trial_config(example, "validation")
+        aggregators = getattr(self.search_space.get(AGGREGATOR_KEY), "values", [example.get(AGGREGATOR_KEY)])
+        configs = [self.trial_config({**example, AGGREGATOR_KEY: name} if name else example, "validation")
+                   for name in aggregators]
+        return configs[0]
 
 
 def _example_value(spec) -> Any:
     return spec.values[0] if hasattr(spec, "values") else spec.low
+
+
+def _applicable(sampled: dict[str, Any], aggregator: str) -> dict[str, Any]:
+    from models.aggregators import AGGREGATORS  # registers every aggregator
+    from models.aggregators.base import options_model
+
+    if aggregator not in AGGREGATORS:  # build_config names the field and the registered ones
+        return sampled
+    accepted = set(options_model(aggregator).model_fields)
+    return {key: value for key, value in sampled.items()
+            if not key.startswith(OPTIONS_PREFIX) or key.removeprefix(OPTIONS_PREFIX) in accepted}
 
 
 def build_sweep_config(tree: dict[str, Any]) -> SweepConfig:
