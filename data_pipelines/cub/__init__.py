@@ -1,7 +1,7 @@
 """CUB image-captions (MMVAE, MMVM): either official form -> shards.
 
 Modules: ``source`` (the release ``cub.zip`` and CUB_200_2011 as MMVM reads it, read and
-checked), ``image`` (64x64 resize), ``text`` (the word tokenizer, vocabulary and ids),
+checked), ``image`` (64x64 resize), ``text`` (CUB's caption ids, over the shared ``data_pipelines.words``),
 ``builder`` (``build_cub``), ``fixture`` (small datasets in both exact layouts, for tests and
 benchmarks).
 

@@ -55,6 +55,7 @@ from data_pipelines.manifest import NO_LABELS, Manifest
 from data_pipelines.parallel import DecodingPool, decoded_in_order
 from data_pipelines.modality import ModalitySpec
 from data_pipelines.shards import Sample, SplitHeader, plan_shards, up_to_date_manifest, write_split
+from data_pipelines.words import TOKENIZER
 
 DATASET = "cub"
 VERSION = "1.0"
@@ -62,8 +63,6 @@ DEFAULT_SAMPLES_PER_SHARD = 1000
 """Upper bound (see shards.plan_shards): ~12 MB shards; 89 train / 30 test shards for full CUB."""
 IMAGES_PER_TASK = 16
 """Images per worker task: CUB photos (about 500x375) take a few milliseconds each to decode."""
-TOKENIZER = "nltk_word_tokenize_rules/1"
-"""Names ``text.word_tokenize``'s rules in the build identity; bump it when they change."""
 
 
 def modality_specs(vocabulary: tuple[str, ...]) -> tuple[ModalitySpec, ...]:
