@@ -53,7 +53,7 @@ class SweepConfig(_Section):
         search the flows' options and also run MoPoE, which has none (conditional parameters)."""
         aggregator = sampled.get(AGGREGATOR_KEY) or self.base.get("model", {}).get("aggregator") \
             or ModelConfig.model_fields["aggregator"].default
-        tree = merge(self.base, nest(_applicable(sampled, aggregator)))
+        tree = merge(self.base, nest(applicable(sampled, aggregator)))
         tree = merge(tree, {
             "name": f"{self.name}-{trial_id}",
             "training": {"epochs": self.scheduler.max_epochs},
@@ -77,7 +77,8 @@ def _example_value(spec) -> Any:
     return spec.values[0] if hasattr(spec, "values") else spec.low
 
 
-def _applicable(sampled: dict[str, Any], aggregator: str) -> dict[str, Any]:
+def applicable(sampled: dict[str, Any], aggregator: str) -> dict[str, Any]:
+    """``sampled`` without the aggregator options ``aggregator`` does not take."""
     from models.aggregators import AGGREGATORS  # registers every aggregator
     from models.aggregators.base import options_model
 

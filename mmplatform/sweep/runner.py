@@ -14,7 +14,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from mmplatform.config import TrainConfig, check_against_cluster
 from mmplatform.ray_runtime import ensure_ray
-from mmplatform.sweep.config import SchedulerConfig, SweepConfig
+from mmplatform.sweep.config import AGGREGATOR_KEY, SchedulerConfig, SweepConfig, applicable
 from mmplatform.sweep.report import HEADLINE_METRICS
 from mmplatform.sweep.search_space import to_param_space
 from mmplatform.sweep.trial import run_trial
@@ -101,6 +101,12 @@ def run_sweep(sweep: SweepConfig, storage_path: str, cluster_resources: dict[str
     return summary
 
 
+def trial_values(config: dict[str, Any], sweep: SweepConfig) -> dict[str, Any]:
+    sampled = {key: value for key, value in config.items() if key in sweep.search_space}
+    aggregator = sampled.get(AGGREGATOR_KEY) or sweep.base.get("model", {}).get("aggregator")
+    return applicable(sampled, aggregator) if aggregator else sampled
+
+
 def summarize(results, sweep: SweepConfig) -> dict[str, Any]:
     trials = []
     for result in results:
@@ -113,7 +119,8 @@ def summarize(results, sweep: SweepConfig) -> dict[str, Any]:
             "trial_id": metrics.get("trial_id"),
             "status": status,
             "epoch": metrics.get("epoch"),
-            "config": {key: value for key, value in (result.config or {}).items() if key in sweep.search_space},
+            # What the trial ran with: a fixed-fusion trial of an f-mean study shows no flow options.
+            "config": trial_values(result.config or {}, sweep),
             # The headline metrics of the last report (METRIC among them); all of them stay in Aim.
             **{name: metrics.get(name) for name in HEADLINE_METRICS},
             "error": str(result.error) if result.error else None,

@@ -4,7 +4,8 @@ A sweep script is one study on one dataset: ``fmean_study`` searches the learnab
 aggregators (beta, number of flows, coupling-block layers and width, latent size, learning
 rate: Table 5.1), ``baselines_study`` the fixed-fusion ones (beta, latent size, learning rate).
 Only the latent sizes differ between datasets (PolyMNIST 512/1280 as in the thesis, CelebA
-MoPoE's 32 shared dimensions and twice that, CUB MMVM's 128 and twice that); a dataset's
+MoPoE's 32 shared dimensions and twice that, CUB MMVM's 128 and twice that, MIMIC-CXR the
+thesis's 512, its f-means swept against MoPoE); a dataset's
 descriptor may narrow a profile's space (``ProfileDefaults.space``), e.g. to MMVM's CUB betas.
 """
 
@@ -19,11 +20,16 @@ F_MEAN_AGGREGATORS = ("mofop", "mopgfm", "mogfm_amortized", "iwmogfm")
 BASELINE_AGGREGATORS = ("poe", "moe", "mopoe", "mmjsd")
 
 
-def fmean_study(dataset: str, latent_dims: Sequence[int]) -> Study:
+def fmean_study(dataset: str, latent_dims: Sequence[int], against: Sequence[str] = ()) -> Study:
+    """``against``: fixed-fusion aggregators run in the same sweep as references (the flows'
+    options are searched for the f-means only: ``SweepConfig.trial_config``)."""
+    unknown = [name for name in against if name not in BASELINE_AGGREGATORS]
+    if unknown:
+        raise ValueError(f"{unknown} are not fixed-fusion aggregators ({', '.join(BASELINE_AGGREGATORS)})")
     return Study(
         name=f"{dataset}_fmean",
         dataset=dataset,
-        aggregators=F_MEAN_AGGREGATORS,
+        aggregators=F_MEAN_AGGREGATORS + tuple(against),
         search_space={
             "model.beta": Uniform(low=0.0, high=4.0),
             "model.aggregator_options.num_flows": Choice(values=[1, 2, 3, 4]),
