@@ -27,8 +27,6 @@ is written; a bad image (wrong size, undecodable) stops the build of its split, 
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
@@ -38,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import PIL
-from tqdm import tqdm
 
 from data_pipelines.celeba import image as celeba_image
 from data_pipelines.celeba.source import (
@@ -51,16 +48,10 @@ from data_pipelines.celeba.source import (
 )
 from data_pipelines.celeba.text import ALPHABET, SEQUENCE_LENGTH, TEXT_OFFSETS, AttributeTextEncoder
 from data_pipelines.manifest import Manifest
-from data_pipelines.parallel import DecodingPool, decoded_in_order
+from data_pipelines.parallel import decoded_in_order
+from data_pipelines.split_writer import resolved_progress_and_workers, write_splits
 from data_pipelines.modality import ModalitySpec
-from data_pipelines.shards import (
-    Sample,
-    SplitHeader,
-    up_to_date_manifest,
-    plan_shards,
-    sha256_file,
-    write_split,
-)
+from data_pipelines.shards import Sample, SplitHeader, sha256_file
 
 DATASET = "celeba"
 VERSION = "1.0"
@@ -86,6 +77,10 @@ class _PlannedSplit:
     header: SplitHeader
     indices: np.ndarray
     """Rows of the source, in file order."""
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
 
 
 def build_celeba(
@@ -117,9 +112,7 @@ def build_celeba(
     limit = None if limit is None else int(limit)
     partitions_of = {"train": sorted({int(p) for p in train_partitions}),
                      "test": sorted({int(p) for p in test_partitions})}
-    if progress is None:  # a bar on a terminal, not in Ray job logs or CI output
-        progress = sys.stderr.isatty()
-    workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+    progress, workers = resolved_progress_and_workers(progress, workers)
     out = Path(out).expanduser()
     celeba = read_source(source)
     try:
@@ -128,28 +121,12 @@ def build_celeba(
         raise CelebAError(f"{celeba.attributes_path}:2: {exc}") from None
     planned = _plan(celeba, seed, text_offset, partitions_of, samples_per_shard, limit)
 
-    manifests: dict[str, Manifest] = {}
-    with DecodingPool(workers) as decoding:
-        for split in planned:
-            split_dir = out / split.name
-            manifest = None if force else up_to_date_manifest(split_dir, split.header, log)
-            if manifest is not None:
-                manifests[split.name] = manifest
-                continue
-            pool = decoding.get()
-            # Only the images that fit in equal shards are decoded; write_split drops the rest.
-            written = split.indices[: plan_shards(len(split.indices), samples_per_shard).num_samples]
-            # closing(): on an error, queued decoding is cancelled now rather than at garbage collection.
-            with closing(_samples(celeba, written, _decoded_images(celeba, written, pool, workers), encoder)) \
-                    as samples, tqdm(total=len(written), desc=f"{DATASET} {split.name}", unit="image",
-                                     disable=not progress) as bar:
-                manifest = write_split(split_dir, split.header, samples, len(split.indices), samples_per_shard,
-                                       progress=bar.update)
-            dropped = f" ({manifest.dropped_samples} dropped for equal shards)" if manifest.dropped_samples else ""
-            log(f"{split.name}: wrote {manifest.num_samples} samples in {len(manifest.shards)} shards{dropped} "
-                f"to {split_dir}")
-            manifests[split.name] = manifest
-    return manifests
+    def samples_of(split: _PlannedSplit, written: int, pool) -> Iterator[Sample]:
+        indices = split.indices[:written]  # one sample per image
+        return _samples(celeba, indices, _decoded_images(celeba, indices, pool, workers), encoder)
+
+    return write_splits(out, planned, samples_per_shard, samples_of, force=force, workers=workers, progress=progress,
+                        log=log)
 
 
 def _check_arguments(seed, text_offset, train_partitions, test_partitions, samples_per_shard, limit, workers):

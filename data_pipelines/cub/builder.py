@@ -33,8 +33,6 @@ leaves no partial split behind.
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
@@ -44,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import PIL
-from tqdm import tqdm
 
 from data_pipelines.cub import image as cub_image
 from data_pipelines.cub.source import CAPTIONS_PER_IMAGE, GROUP_NAMES, SPLITS, CUBSource, merge_colours, \
@@ -52,9 +49,10 @@ from data_pipelines.cub.source import CAPTIONS_PER_IMAGE, GROUP_NAMES, SPLITS, C
 from data_pipelines.cub.text import MIN_COUNT, SEQUENCE_LENGTH, TEXT_DTYPE, build_vocabulary, encode_tokens, \
     word_tokenize
 from data_pipelines.manifest import NO_LABELS, Manifest
-from data_pipelines.parallel import DecodingPool, decoded_in_order
+from data_pipelines.parallel import decoded_in_order
+from data_pipelines.split_writer import resolved_progress_and_workers, write_splits
 from data_pipelines.modality import ModalitySpec
-from data_pipelines.shards import Sample, SplitHeader, plan_shards, up_to_date_manifest, write_split
+from data_pipelines.shards import Sample, SplitHeader
 from data_pipelines.words import TOKENIZER
 
 DATASET = "cub"
@@ -84,6 +82,10 @@ class _PlannedSplit:
     labels: np.ndarray
     """uint8 ``[len(images), len(label_names)]``."""
 
+    @property
+    def count(self) -> int:
+        return len(self.images) * CAPTIONS_PER_IMAGE
+
 
 def build_cub(
     source: str | Path,
@@ -106,36 +108,17 @@ def build_cub(
     _check_arguments(samples_per_shard, limit, workers)
     samples_per_shard = int(samples_per_shard)
     limit = None if limit is None else int(limit)
-    if progress is None:  # a bar on a terminal, not in Ray job logs or CI output
-        progress = sys.stderr.isatty()
-    workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+    progress, workers = resolved_progress_and_workers(progress, workers)
     out = Path(out).expanduser()
     cub = read_source(source)
     planned = _plan(cub, samples_per_shard, limit)
 
-    manifests: dict[str, Manifest] = {}
-    with DecodingPool(workers) as decoding:
-        for split in planned:
-            split_dir = out / split.name
-            manifest = None if force else up_to_date_manifest(split_dir, split.header, log)
-            if manifest is not None:
-                manifests[split.name] = manifest
-                continue
-            pool = decoding.get()
-            count = len(split.images) * CAPTIONS_PER_IMAGE
-            written = plan_shards(count, samples_per_shard).num_samples
-            # Only the images of samples that fit in equal shards are decoded; write_split drops the rest.
-            needed = split.images[: -(-written // CAPTIONS_PER_IMAGE)]
-            images = _decoded_images(cub, split.name, needed, pool, workers)
-            with closing(_samples(split, images)) as samples, \
-                    tqdm(total=written, desc=f"{DATASET} {split.name}", unit="sample", disable=not progress) as bar:
-                manifest = write_split(split_dir, split.header, samples, count, samples_per_shard,
-                                       progress=bar.update)
-            dropped = f" ({manifest.dropped_samples} dropped for equal shards)" if manifest.dropped_samples else ""
-            log(f"{split.name}: wrote {manifest.num_samples} samples in {len(manifest.shards)} shards{dropped} "
-                f"to {split_dir}")
-            manifests[split.name] = manifest
-    return manifests
+    def samples_of(split: _PlannedSplit, written: int, pool) -> Iterator[Sample]:
+        needed = split.images[: -(-written // CAPTIONS_PER_IMAGE)]  # each image gives 10 samples
+        return _samples(split, _decoded_images(cub, split.name, needed, pool, workers))
+
+    return write_splits(out, planned, samples_per_shard, samples_of, force=force, workers=workers, progress=progress,
+                        log=log)
 
 
 def _check_arguments(samples_per_shard, limit, workers) -> None:

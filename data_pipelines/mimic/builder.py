@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -61,7 +59,6 @@ from typing import Any
 
 import numpy as np
 import PIL
-from tqdm import tqdm
 
 from data_pipelines.manifest import Manifest
 from data_pipelines.mimic import image as mimic_image
@@ -79,8 +76,9 @@ from data_pipelines.mimic.source import (
     read_source,
 )
 from data_pipelines.modality import ModalitySpec
-from data_pipelines.parallel import DecodingPool, decoded_in_order
-from data_pipelines.shards import Sample, SplitHeader, plan_shards, up_to_date_manifest, write_split
+from data_pipelines.parallel import decoded_in_order
+from data_pipelines.split_writer import resolved_progress_and_workers, write_splits
+from data_pipelines.shards import Sample, SplitHeader
 from data_pipelines.words import MIN_COUNT, TEXT_DTYPE, TOKENIZER, build_vocabulary, encode_tokens, word_tokenize
 
 DATASET = "mimic"
@@ -243,6 +241,10 @@ class _PlannedSplit:
     texts: np.ndarray | None
     """uint16 ``[len(studies), 128]`` (thesis)."""
 
+    @property
+    def count(self) -> int:
+        return sum(s.num_samples for s in self.studies)
+
 
 def build_mimic(
     source: str | Path,
@@ -275,38 +277,21 @@ def build_mimic(
     size = chosen.image_size if image_size is None else int(image_size)
     seed, samples_per_shard = int(seed), int(samples_per_shard)
     limit = None if limit is None else int(limit)
-    if progress is None:  # a bar on a terminal, not in Ray job logs or CI output
-        progress = sys.stderr.isatty()
-    workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+    progress, workers = resolved_progress_and_workers(progress, workers)
     out = Path(out).expanduser()
     rule = SPLIT_RULES[chosen.split]
     mimic = read_source(source, reports=reports if chosen.with_text else None,
                         official_split=rule.needs_split_file)
     planned = _plan(mimic, chosen, rule, size, seed, samples_per_shard, limit, log)
 
-    manifests: dict[str, Manifest] = {}
-    with DecodingPool(workers) as decoding:
-        for split in planned:
-            split_dir = out / split.name
-            manifest = None if force else up_to_date_manifest(split_dir, split.header, log)
-            if manifest is not None:
-                manifests[split.name] = manifest
-                continue
-            count = sum(s.num_samples for s in split.studies)
-            written = plan_shards(count, samples_per_shard).num_samples
-            # Only the images of samples that fit in equal shards are decoded; write_split drops the rest.
-            needed = int(np.searchsorted(np.cumsum([s.num_samples for s in split.studies]), written) + 1)
-            studies = split.studies[:needed]
-            images = _decoded_images(mimic, studies, size, decoding.get(), workers)
-            with closing(_samples(studies, split.texts, images)) as samples, \
-                    tqdm(total=written, desc=f"{DATASET} {split.name}", unit="sample", disable=not progress) as bar:
-                manifest = write_split(split_dir, split.header, samples, count, samples_per_shard,
-                                       progress=bar.update)
-            dropped = f" ({manifest.dropped_samples} dropped for equal shards)" if manifest.dropped_samples else ""
-            log(f"{split.name}: wrote {manifest.num_samples} samples of {len(studies)} studies in "
-                f"{len(manifest.shards)} shards{dropped} to {split_dir}")
-            manifests[split.name] = manifest
-    return manifests
+    def samples_of(split: _PlannedSplit, written: int, pool) -> Iterator[Sample]:
+        # The studies whose samples reach ``written`` (a study gives one sample per view pair).
+        needed = int(np.searchsorted(np.cumsum([s.num_samples for s in split.studies]), written) + 1)
+        studies = split.studies[:needed]
+        return _samples(studies, split.texts, _decoded_images(mimic, studies, size, pool, workers))
+
+    return write_splits(out, planned, samples_per_shard, samples_of, force=force, workers=workers, progress=progress,
+                        log=log)
 
 
 def _variant(name: str) -> Variant:
