@@ -57,6 +57,8 @@ class TrainingState:
     status: str = "running"
     last_objective: float = 0.0
     """The sweep objective of the last evaluation, reported on until the next one."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """What the epoch reported (``ray.train.report``): loss terms, evaluation results, objective."""
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / STATE_FILE

@@ -12,6 +12,7 @@ from mmplatform.evaluation.session import check_classifiers
 from mmplatform.ray_runtime import ensure_ray
 from mmplatform.evaluation.metrics import needs_classifiers
 from mmplatform.training.model_factory import check_aggregator, selected_networks, selected_specs
+from mmplatform.training.test_hooks import forwarded_env
 from mmplatform.training.worker import train_loop_per_worker
 
 
@@ -50,6 +51,8 @@ def build_trainer(config: TrainConfig, callbacks=(), aim_run_hash: str | None = 
             failure_config=ray.train.FailureConfig(max_failures=config.training.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.checkpoints_to_keep),
             callbacks=list(callbacks),
+            # Empty unless a test set MMPLATFORM_TEST_HOOKS (mmplatform.training.test_hooks).
+            worker_runtime_env={"env_vars": forwarded_env()} if forwarded_env() else None,
         ),
     )
 

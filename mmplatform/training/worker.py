@@ -5,12 +5,15 @@ hang), step the optimizer unless the divergence guard rejects the step, all-redu
 epoch's loss terms once, evaluate every ``evaluation.every_n_epochs`` epochs, log to Aim
 from rank 0, and ``ray.train.report`` on all ranks (a barrier) with the checkpoint from
 rank 0. A restarted worker group resumes from ``ray.train.get_checkpoint()`` at the next
-epoch, with the same Aim run.
+epoch, with the same Aim run, and continues exactly as the uninterrupted training would (the
+RNG states are restored after the setup; tests/test_resumption.py). ``test_hooks`` lets tests
+inject faults; it does nothing unless ``MMPLATFORM_TEST_HOOKS`` is set.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 from typing import Any
 
@@ -29,6 +32,7 @@ from mmplatform.training.checkpointing import TrainingState, gather_rng_states, 
 from mmplatform.training.divergence import DIVERGED, FINISHED, RUNNING, DivergenceGuard
 from mmplatform.training.model_factory import build_model
 from mmplatform.training.run_tracking import open_tracker
+from mmplatform.training.test_hooks import TestHooks
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +66,24 @@ def steps_per_epoch(config: TrainConfig, num_train_samples: int, world_size: int
     return max(1, num_train_samples // (config.data.batch_size * world_size))
 
 
+def epoch_objective(status: str, evaluated: dict[str, float] | None, last_objective: float) -> tuple[float, float]:
+    """The sweep objective an epoch reports, and the one carried on to the next epoch.
+
+    ASHA compares every epoch, but evaluation runs every ``evaluation.every_n_epochs``: an epoch
+    without an evaluation (``evaluated`` None, or an evaluation without an objective) reports the
+    last evaluated objective (0.0 before the first), and a diverged run the worst value, 0.0.
+    """
+    if evaluated is not None and "objective" in evaluated:
+        last_objective = evaluated["objective"]
+    reported = 0.0 if status == DIVERGED else last_objective
+    return reported, reported
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = build_config(loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    hooks = TestHooks.from_env(rank)  # None unless a test set MMPLATFORM_TEST_HOOKS
     device = ray.train.torch.get_device()
     # A worker computes with the CPUs it reserved. Left alone, torch starts a thread per core in
     # every worker; two workers on two cores then fight over them (OpenMP spin-waits), which made
@@ -78,6 +96,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Model construction draws from torch and from numpy (FrEIA's AllInOneBlock takes its channel
     # permutations from numpy's global generator): both are seeded, so the same seed gives the
     # same initial model on every rank and in every rerun.
+    random.seed(config.training.seed)
     torch.manual_seed(config.training.seed)
     np.random.seed(config.training.seed)
     model = build_model(config, manifest).to(device)
@@ -86,17 +105,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     guard = DivergenceGuard(config.training.max_bad_steps, config.training.grad_clip_norm)
 
     start_epoch, run_hash, last_objective = 1, loop_config.get("aim_run_hash"), 0.0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, state = ray.train.get_checkpoint(), None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = TrainingState.load(directory)
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         guard.load_state_dict(state.guard)
-        state.restore_rng(rank)
         start_epoch, run_hash, last_objective = state.epoch + 1, state.aim_run_hash, state.last_objective
-    else:
-        torch.manual_seed(config.training.seed * 1000 + rank)
 
     # Evaluation runs the unwrapped module (no DDP collectives inside its forward).
     ddp_model = ray.train.torch.prepare_model(model) if world_size > 1 else model
@@ -113,15 +129,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     evaluation = EvaluationSession(config, model, train_dir=train_dir, device=device)
     # Opened last: a setup error above must not leave an empty Aim run behind.
     tracker = open_tracker(config, run_hash, evaluation.log_samples) if rank == 0 else None
+    if hooks is not None:
+        hooks.started(start_epoch)
+    # The epochs' random streams are set last, after every setup step that draws from them (the
+    # coherence classifiers are built, drawing initial weights, before theirs are loaded): a
+    # resumed training then continues exactly where the checkpoint left off. Restoring them before
+    # the setup shifted a resumed run's torch stream (test_resumption.py).
+    if state is not None:
+        state.restore_rng(rank)
+    else:
+        torch.manual_seed(config.training.seed * 1000 + rank)
 
     metrics: dict[str, Any] | None = None
     try:
         for epoch in range(start_epoch, config.training.epochs + 1):
             train_reader.set_epoch(epoch)
-            sums = _train_one_epoch(ddp_model, optimizer, guard, make_loader(train_reader, config.data.loader_workers), device)
+            sums = train_one_epoch(ddp_model, optimizer, guard, make_loader(train_reader, config.data.loader_workers),
+                                   device, epoch=epoch, hooks=hooks)
             totals = _all_reduce_sums(sums, device)
             num_steps = max(totals.pop(STEPS), 1.0)
-            skipped_steps = totals.pop(SKIPPED_STEPS)
+            # Every rank skips the same steps (the guard reads all-reduced gradients): the sum over
+            # the ranks counts each skipped step world_size times.
+            skipped_steps = totals.pop(SKIPPED_STEPS) / world_size
             # Per-step means of every loss term over all ranks, and the guard's count.
             train_records = [
                 MetricRecord(name, value / num_steps, {**TRAIN_CONTEXT, "modality": modality} if modality else TRAIN_CONTEXT)
@@ -138,10 +167,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             results = evaluation.run(eval_reader, epoch, rank) if evaluated else None
             if results is not None:
                 metrics.update(results.scalars())
-                last_objective = metrics.get("objective", last_objective)
-            # ASHA compares every epoch: carry the last evaluated objective between evaluations,
-            # and a diverged run scores the worst possible value.
-            metrics["objective"] = 0.0 if status == DIVERGED else last_objective
+            metrics["objective"], last_objective = epoch_objective(
+                status, results.scalars() if results is not None else None, last_objective)
 
             rng_states = gather_rng_states()  # a collective: every rank takes part
             checkpoint_dir = None
@@ -150,7 +177,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 state = TrainingState(
                     epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                     guard=guard.state_dict(), aim_run_hash=tracker.run_hash, rng_states=rng_states,
-                    status=status, last_objective=metrics["objective"],
+                    status=status, last_objective=last_objective, metrics=dict(metrics),
                 )
                 checkpoint_dir = write_checkpoint_dir(state)
             ray.train.report(
@@ -160,6 +187,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             )
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            if hooks is not None:
+                hooks.after_report(epoch)
             if status == DIVERGED:
                 logger.warning("training diverged at epoch %d after %d non-finite steps", epoch, guard.bad_steps)
                 break
@@ -172,23 +201,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracker.close()
 
 
-def _train_one_epoch(model, optimizer, guard: DivergenceGuard, loader, device) -> dict[str, float]:
+def train_one_epoch(
+    model, optimizer, guard: DivergenceGuard, loader, device, epoch: int = 0, hooks: TestHooks | None = None
+) -> dict[str, float]:
+    """One epoch of steps; ``model`` is the DDP-wrapped module when there are several ranks.
+    Returns the sums of the logged loss terms over the steps taken, and the step counts."""
     model.train()
     steps, skipped = 0, 0
     # Loss terms accumulate on the device and are read once per epoch, not once per step.
     sums: dict[tuple[str, str], torch.Tensor] = {}
-    for batch in loader:
+    for step, batch in enumerate(loader, start=1):
         inputs = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.inputs.items()}
         output = model(inputs)
+        loss = output.loss if hooks is None else hooks.loss(output.loss, epoch, step)
         optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        if guard.check_and_clip(model.parameters()):
+        loss.backward()
+        stepped = guard.check_and_clip(model.parameters())
+        if stepped:
             optimizer.step()
             steps += 1
             for key, value in output.logged().items():
                 sums[key] = sums.get(key, 0.0) + value.detach()
         else:
             skipped += 1
+        if hooks is not None:
+            hooks.after_step(model, epoch, step, stepped, guard.bad_steps)
         if guard.diverged:
             break
     return {STEPS: float(steps), SKIPPED_STEPS: float(skipped), **{key: float(v) for key, v in sums.items()}}
