@@ -147,11 +147,6 @@ def test_good_search_spaces_become_tune_domains():
     assert space["model.latent_dim"] == {"grid_search": [8, 16]}
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "SweepConfig.validate_trials checks each spec's first value only (values[0], low): a later choice "
-    "or grid value, or a uniform's high, that the config refuses fails only in its trial, on the "
-    "cluster. Needs a change in mmplatform/sweep/config.py (check every choice/grid value and both "
-    "bounds); remove this marker then."))
 @pytest.mark.parametrize("key, spec", [
     ("model.latent_dim", {"type": "choice", "values": [16, -3]}),
     ("model.latent_dim", {"type": "grid", "values": [16, 0]}),

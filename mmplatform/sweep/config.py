@@ -64,17 +64,29 @@ class SweepConfig(_Section):
         return build_config(tree)
 
     def validate_trials(self) -> TrainConfig:
-        """Check the template with every spec's first value, once per searched aggregator, before
-        Ray starts; returns the first aggregator's config."""
-        example = {key: _example_value(spec) for key, spec in self.search_space.items()}
-        aggregators = getattr(self.search_space.get(AGGREGATOR_KEY), "values", [example.get(AGGREGATOR_KEY)])
-        configs = [self.trial_config({**example, AGGREGATOR_KEY: name} if name else example, "validation")
-                   for name in aggregators]
-        return configs[0]
+        """Check every value a trial can get before Ray starts: each choice or grid value and both
+        bounds of a range, one key at a time (the others at their first value), and each searched
+        aggregator with every value of the other keys (their options depend on it). Returns the
+        config of the first values."""
+        example = {key: _edge_values(spec)[0] for key, spec in self.search_space.items()}
+        first = self.trial_config(example, "validation")
+        aggregators = _edge_values(self.search_space[AGGREGATOR_KEY]) if AGGREGATOR_KEY in self.search_space \
+            else [None]
+        for aggregator in aggregators:
+            base = example if aggregator is None else {**example, AGGREGATOR_KEY: aggregator}
+            for key, spec in self.search_space.items():
+                if key == AGGREGATOR_KEY:
+                    continue
+                for value in _edge_values(spec)[1:]:
+                    self.trial_config({**base, key: value}, "validation")
+            if aggregator is not None:
+                self.trial_config(base, "validation")
+        return first
 
 
-def _example_value(spec) -> Any:
-    return spec.values[0] if hasattr(spec, "values") else spec.low
+def _edge_values(spec) -> list[Any]:
+    """The values a trial can get at the edges: every choice/grid value, a range's two bounds."""
+    return list(spec.values) if hasattr(spec, "values") else [spec.low, spec.high]
 
 
 def applicable(sampled: dict[str, Any], aggregator: str) -> dict[str, Any]:
