@@ -29,6 +29,13 @@ _MODALITY_KINDS = ("image", "text")
 _LIKELIHOODS = ("laplace", "gaussian", "bernoulli", "categorical")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.tar$")
+_NUMERIC_DTYPE_KINDS = "biuf"
+"""bool, signed and unsigned integers, floats: what modality arrays hold (and what ``.npy`` stores without pickling)."""
+_TOP_FIELDS = ("format_version", "dataset", "version", "split", "modalities", "label_kind", "label_names",
+               "num_samples", "samples_per_shard", "dropped_samples", "shards", "builder", "source", "seed",
+               "restricted")
+_MODALITY_FIELDS = ("name", "kind", "shape", "dtype", "likelihood", "vocabulary")
+_SHARD_FIELDS = ("name", "num_samples", "size", "sha256")
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,9 @@ def load_manifest(split_dir: str | Path) -> Manifest:
 def _validate(data: Any, path: Path) -> Manifest:
     check = _Checker(path)
     check.that(isinstance(data, dict), "<top level>", "must be a JSON object")
+    # An unknown key is a misspelt one (by hand or a flipped byte): its field would silently take
+    # its default, e.g. a restricted dataset read as public.
+    check.known_fields(data, _TOP_FIELDS)
     version = check.field(data, "format_version", int)
     check.that(version == FORMAT_VERSION, "format_version",
                f"is {version}, this reader understands {FORMAT_VERSION} (rebuild the dataset)")
@@ -176,6 +186,7 @@ def _validate(data: Any, path: Path) -> Manifest:
     check.that(label_kind in LABEL_KINDS, "label_kind", f"is {label_kind!r}, expected one of {list(LABEL_KINDS)}")
     label_names = check.field(data, "label_names", list)
     check.that(all(isinstance(n, str) for n in label_names), "label_names", "must be a list of strings")
+    check.that(len(set(label_names)) == len(label_names), "label_names", f"has duplicate names {label_names}")
     if LABEL_KINDS[label_kind].has_labels:
         check.that(len(label_names) > 0, "label_names", f"is empty, but label_kind {label_kind!r} needs labels")
     else:
@@ -197,7 +208,8 @@ def _validate(data: Any, path: Path) -> Manifest:
                f"is {num_samples}, but {len(shards)} shards x {samples_per_shard} = "
                f"{samples_per_shard * len(shards)}")
     dropped = data.get("dropped_samples", 0)
-    check.that(isinstance(dropped, int) and dropped >= 0, "dropped_samples", "must be a non-negative integer")
+    check.that(isinstance(dropped, int) and not isinstance(dropped, bool) and dropped >= 0, "dropped_samples",
+               "must be a non-negative integer")
     seed = data.get("seed")
     check.that(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)), "seed",
                "must be an integer or null")
@@ -230,29 +242,34 @@ def _validate(data: Any, path: Path) -> Manifest:
 
 def _modality(check: "_Checker", item: Any, where: str) -> ModalitySpec:
     check.that(isinstance(item, dict), where, "must be an object")
+    check.known_fields(item, _MODALITY_FIELDS, where)
     name = check.field(item, "name", str, where)
     check.that(re.fullmatch(r"[A-Za-z0-9_]+", name) is not None, f"{where}.name",
                f"is {name!r}; member names may only use letters, digits and '_' (no dots)")
     kind = check.field(item, "kind", str, where)
     check.that(kind in _MODALITY_KINDS, f"{where}.kind", f"is {kind!r}, expected one of {list(_MODALITY_KINDS)}")
     shape = check.field(item, "shape", list, where)
-    check.that(len(shape) > 0 and all(isinstance(n, int) and n > 0 for n in shape), f"{where}.shape",
-               f"is {shape}, must be a non-empty list of positive integers")
+    check.that(len(shape) > 0 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape),
+               f"{where}.shape", f"is {shape}, must be a non-empty list of positive integers")
     dtype = check.field(item, "dtype", str, where)
     try:
-        np.dtype(dtype)
-    except TypeError:
+        dtype_kind = np.dtype(dtype).kind
+    except Exception:  # numpy raises TypeError, and SyntaxError for some strings
         check.fail(f"{where}.dtype", f"is {dtype!r}, not a numpy dtype name")
+    check.that(dtype_kind in _NUMERIC_DTYPE_KINDS, f"{where}.dtype",
+               f"is {dtype!r}, expected a numeric numpy dtype (bool, integer or float)")
     likelihood = check.field(item, "likelihood", str, where)
     check.that(likelihood in _LIKELIHOODS, f"{where}.likelihood",
                f"is {likelihood!r}, expected one of {list(_LIKELIHOODS)}")
     vocabulary = item.get("vocabulary", [])
-    check.that(isinstance(vocabulary, list), f"{where}.vocabulary", "must be a list")
+    check.that(isinstance(vocabulary, list) and all(isinstance(token, str) for token in vocabulary),
+               f"{where}.vocabulary", "must be a list of strings")
     return ModalitySpec.from_json(item)
 
 
 def _shard(check: "_Checker", item: Any, where: str) -> ShardInfo:
     check.that(isinstance(item, dict), where, "must be an object")
+    check.known_fields(item, _SHARD_FIELDS, where)
     name = check.field(item, "name", str, where)
     check.that(_SHARD_NAME.match(name) is not None, f"{where}.name",
                f"is {name!r}, expected a plain file name ending in .tar")
@@ -274,6 +291,13 @@ class _Checker:
     def that(self, condition: bool, where: str, problem: str) -> None:
         if not condition:
             self.fail(where, problem)
+
+    def known_fields(self, data: dict, known: tuple[str, ...], parent: str | None = None) -> None:
+        for name in data:
+            if name not in known:
+                where = f"{parent}.{name}" if parent else name
+                self.fail(where, f"is not a field of {'the manifest' if parent is None else parent} "
+                                 f"(misspelt?); its fields: {', '.join(known)}")
 
     def field(self, data: dict, name: str, kind: type, parent: str | None = None):
         where = f"{parent}.{name}" if parent else name

@@ -3,10 +3,12 @@
 Shared by the training and evaluation readers (and the PNG export). Checks, from cheap to
 expensive: at open, every shard of the manifest exists with the recorded size (a truncated
 or missing shard is caught before any worker starts; ``verify="sha256"`` also hashes them);
-per sample, every selected member is present with the spec's shape and dtype; per shard read
-to the end, the sample count equals the manifest's. Every failure is a ShardError whose
-message names the shard file, also when it is raised inside a DataLoader worker (torch
-re-raises it in the main process with the same type and message).
+per sample, every selected member is present with the spec's shape and dtype, and the label is
+one the manifest names (a class index below the number of label names, or a 0/1 multi-hot
+vector); per shard read to the end, no member name occurs twice and the sample count equals the
+manifest's. Every failure is a ShardError whose message names the shard file, also when it is
+raised inside a DataLoader worker (torch re-raises it in the main process with the same type and
+message).
 """
 
 from __future__ import annotations
@@ -53,12 +55,15 @@ def tar_members(stream, select: Callable[[str], bool] | None = None) -> Iterator
     (header objects, PAX handling, per-block reads). The shards written by ``shards.py`` are
     plain ustar (fixed metadata, short names, regular files only), so this reads each 512-byte
     header directly, verifies its checksum, and reads or seeks past the payload. Anything
-    else -- a bad checksum, a truncated member, a PAX/GNU long-name header -- raises.
+    else -- a bad checksum, a truncated member, a PAX/GNU long-name header, a member name that
+    occurs twice (a sample's member repeated, or two samples with one key) -- raises.
     """
+    seen: set[str] = set()
     while True:
         header = stream.read(_BLOCK)
         if len(header) < _BLOCK:
-            raise TarFormatError("archive ends inside a tar header (truncated, or no end-of-archive marker)")
+            raise TarFormatError(f"archive ends inside a tar header at offset {stream.tell() - len(header)} "
+                                 "(truncated, or no end-of-archive marker)")
         if header == _END_OF_ARCHIVE:
             return
         stored = _octal(header[148:156], "checksum")
@@ -74,6 +79,9 @@ def tar_members(stream, select: Callable[[str], bool] | None = None) -> Iterator
         typeflag = header[156:157]
         if typeflag in _NAME_CHANGING_TYPES:
             raise TarFormatError(f"member {name!r} has tar type {typeflag!r} (PAX/GNU extension); rebuild the shard")
+        if name in seen:
+            raise TarFormatError(f"member {name!r} occurs twice in the archive")
+        seen.add(name)
         if typeflag not in _REGULAR_FILE_TYPES or (select is not None and not select(name)):
             stream.seek(padded, io.SEEK_CUR)
             continue
@@ -171,6 +179,7 @@ class SplitSource:
         self._decoders = {f"{spec.name}.npy": _MemberDecoder(f"{spec.name}.npy", spec.shape, spec.dtype)
                           for spec in self.modalities}
         self._label_decoder = _MemberDecoder(LABELS_MEMBER, label_shape, label_kind.stored_dtype)
+        self._num_classes = len(self.manifest.label_names) if label_kind.stored_ndim == 0 else None
         self._wanted = set(self._decoders) | {LABELS_MEMBER}
 
     @property
@@ -215,6 +224,13 @@ class SplitSource:
         if LABELS_MEMBER not in sample:
             raise ShardError(f"{where}: member {LABELS_MEMBER} is missing")
         label = self._label_decoder(sample[LABELS_MEMBER], where)
+        # A damaged label that is no class would only fail later, far from the shard (a loss's index error).
+        if self._num_classes is not None:
+            if not 0 <= int(label) < self._num_classes:
+                raise ShardError(f"{where}: member {LABELS_MEMBER}: class {int(label)}, the manifest names "
+                                 f"{self._num_classes} classes (label_names)")
+        elif label.size and int(label.max()) > 1:
+            raise ShardError(f"{where}: member {LABELS_MEMBER}: multi-hot value {int(label.max())}, expected 0 or 1")
         return RawSample(key, arrays, label)
 
 

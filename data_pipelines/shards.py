@@ -126,11 +126,15 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 @functools.lru_cache(maxsize=256)
 def npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
-    """The header ``np.save`` writes for this shape and dtype (C order)."""
-    template = np.zeros(shape, dtype=np.dtype(dtype))
+    """The header ``np.save`` writes for this shape and dtype (C order).
+
+    Built from the shape alone, never by saving an array of it: readers build it from a manifest,
+    whose shape may be damaged into terabytes."""
     buffer = io.BytesIO()
-    np.save(buffer, template, allow_pickle=False)
-    return buffer.getvalue()[: buffer.tell() - template.nbytes]
+    np.lib.format.write_array_header_1_0(buffer, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape),
+    })
+    return buffer.getvalue()
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

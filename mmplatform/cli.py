@@ -36,9 +36,11 @@ def register_command(noun: str) -> Callable[[CommandAdder], CommandAdder]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmplatform.user_errors import UserErrorArgumentParser
+
     for module in COMMAND_MODULES:
         importlib.import_module(module)
-    parser = argparse.ArgumentParser(prog="mmplatform", description=__doc__.splitlines()[0])
+    parser = UserErrorArgumentParser(prog="mmplatform", description=__doc__.splitlines()[0])
     nouns = parser.add_subparsers(dest="noun", required=True, metavar="<noun>")
     for noun in sorted(_COMMANDS):
         _COMMANDS[noun](nouns)

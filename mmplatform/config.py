@@ -150,7 +150,8 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     epochs: int = Field(10, ge=1)
     learning_rate: float = Field(5e-4, gt=0.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
+    """Also seeds ``np.random``, which takes 0 .. 2**32 - 1 (a negative seed failed in the workers)."""
     grad_clip_norm: float | None = Field(None, gt=0.0)
     """Clip the global gradient norm to this value; ``None`` disables clipping."""
     max_bad_steps: int = Field(10, ge=1)
@@ -355,7 +356,10 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {override!r} is not of the form section.field=value")
-        dotted[key.strip()] = yaml.safe_load(raw)
+        try:
+            dotted[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML: {error}") from None
     return nest(dotted)
 
 
@@ -385,6 +389,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             loaded = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:  # a directory, no permission, not text
+            raise ConfigError(f"config file {path} is not readable: {error}") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -38,7 +38,7 @@ class SweepConfig(_Section):
     time_budget_s: float | None = Field(None, gt=0)
     """Tune stops the whole sweep after this many seconds (trials then end where they are);
     ``None``: no limit. Rerunning the sweep's command continues it."""
-    search_seed: int | None = None
+    search_seed: int | None = Field(None, ge=0, lt=2**32)
     """Seed of the random search (Tune's BasicVariantGenerator): the same seed draws the same
     trials, so ASHA and FIFO sweeps (or two reruns) can be compared trial for trial."""
     trial_max_failures: int = Field(1, ge=0)

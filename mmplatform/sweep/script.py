@@ -17,34 +17,43 @@ from pathlib import Path
 from typing import Any
 
 from mmplatform import paths
+from mmplatform.commands.arguments import non_negative_float, positive_int, seed
 from mmplatform.config import ConfigError, build_config
 from mmplatform.evaluation.metrics import needs_classifiers
-from mmplatform.user_errors import report_user_errors
+from mmplatform.user_errors import UserErrorArgumentParser, first_line, report_user_errors
 from mmplatform.sweep.config import SweepConfig, build_sweep_config
 from mmplatform.sweep.profiles import PROFILES, Study, SweepPlan, dataset_dir
 from mmplatform.sweep.report import trials_table
 from mmplatform.sweep.search_space import Choice
 
 
+def program(study: Study) -> str:
+    return f"sweeps/{study.name}.py"
+
+
 def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=f"ASHA sweep: {study.name}")
+    # Counts are checked here, not by the profiles: they read 0 as "not given" and would
+    # silently run their default instead (a sweep of --num-samples 0 ran 3 trials).
+    parser = UserErrorArgumentParser(prog=program(study), description=f"ASHA sweep: {study.name}")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="local",
                         help="local: embedded laptop default; cluster: thesis scale on RAY_ADDRESS; smoke: tests")
     parser.add_argument("--source", type=Path,
                         help=f"the official files of {study.dataset}, built into shards on first use: "
                              f"{study.descriptor.official_files}")
     parser.add_argument("--name", help=f"sweep name (default: {study.name}-<profile>); rerun the same name to continue it")
-    parser.add_argument("--num-samples", type=int, help="trials to sample")
+    parser.add_argument("--num-samples", type=positive_int, help="trials to sample")
     parser.add_argument("--aggregators", help=f"comma-separated subset of {', '.join(study.aggregators)} "
                                               "(default: the profile's choice among them; local: mopgfm)")
-    parser.add_argument("--max-epochs", type=int, help="epochs of a trial that ASHA never stops")
-    parser.add_argument("--steps-per-epoch", type=int, help="training steps per epoch (default: the profile's)")
-    parser.add_argument("--workers-per-trial", type=int, help="DDP workers per trial (cluster)")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, split over its workers (cluster)")
-    parser.add_argument("--max-concurrent-trials", type=int, help="default: what the cluster can hold")
+    parser.add_argument("--max-epochs", type=positive_int, help="epochs of a trial that ASHA never stops")
+    parser.add_argument("--steps-per-epoch", type=positive_int,
+                        help="training steps per epoch (default: the profile's)")
+    parser.add_argument("--workers-per-trial", type=positive_int, help="DDP workers per trial (cluster)")
+    parser.add_argument("--gpus-per-trial", type=non_negative_float,
+                        help="GPUs per trial, split over its workers (cluster)")
+    parser.add_argument("--max-concurrent-trials", type=positive_int, help="default: what the cluster can hold")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="fifo = plain random search")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the trials' training")
-    parser.add_argument("--search-seed", type=int, help="seed of the sampled trials (default: the profile's; local: 0, others unseeded)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the trials' training")
+    parser.add_argument("--search-seed", type=seed, help="seed of the sampled trials (default: the profile's; local: 0, others unseeded)")
     return parser.parse_args(argv)
 
 
@@ -104,7 +113,11 @@ def prepare_dataset(plan: SweepPlan, source: Path | None) -> Path:
         pass
     if source is not None:
         print(f"building {name} shards at {root} from {source} (first use)", flush=True)
-        build_dataset(plan.dataset, root, source)
+        try:
+            build_dataset(plan.dataset, root, source)
+        except (ValueError, OSError) as error:
+            # The builders name the offending file, line or field, as `mmplatform data` reports them.
+            raise ConfigError(f"--source: {first_line(error)}") from None
     elif plan.data.build_offline is not None:
         print(f"building {name} shards at {root} (first use)", flush=True)
         plan.data.build_offline(root)
@@ -168,7 +181,7 @@ def ending(summary: dict[str, Any], config: SweepConfig, storage_path: str, aim_
 
 def main(study: Study, argv: list[str] | None = None) -> dict[str, Any]:
     """The sweep scripts' entry point; a user error ends in one line and exit status 2."""
-    with report_user_errors(f"sweeps/{study.name}.py"):
+    with report_user_errors(program(study)):
         return _main(study, argv)
 
 
