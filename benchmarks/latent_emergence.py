@@ -62,7 +62,7 @@ from _report import emit, machine_facts, parse_with_smoke  # noqa: E402
 from data_pipelines.polymnist.backgrounds import write_solid_backgrounds  # noqa: E402
 from data_pipelines.polymnist import build_polymnist  # noqa: E402
 from data_pipelines.readers import EvalReader  # noqa: E402
-from mmplatform.evaluation.latent_probe import fit_probes  # noqa: E402
+from mmplatform.evaluation.latent_probe import ProbeSettings, fit_probes  # noqa: E402
 from models import MultimodalVAE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -144,7 +144,7 @@ def probe(model: MultimodalVAE, train: dict, train_labels: torch.Tensor, test: d
         test_mu, _ = model.encode(test)
     model.train()
     # 500 iterations (the platform's evaluation uses 1000): cheap enough to probe every 250 steps.
-    probes = fit_probes(train_mu.transpose(0, 1).numpy(), train_labels.numpy(), max_iter=500)
+    probes = fit_probes(train_mu.transpose(0, 1).numpy(), train_labels.numpy(), ProbeSettings(max_iter=500))
     return [round(float(p.hits(test_mu[m].numpy(), test_labels.numpy()).mean()), 3) for m, p in enumerate(probes)]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -168,6 +168,13 @@ class EvaluationConfig(_Section):
     metrics: list[str] | None = None
     """Registered metrics (``mmplatform.evaluation.metrics``); default: the dataset's."""
     probe_train_samples: int = Field(1000, ge=2)
+    probe_model: Literal["logistic_regression", "random_forest"] = "logistic_regression"
+    """The latent probe's classifier: logistic regression on posterior means (MoPoE, the thesis) or
+    MMVM's random forest (its MIMIC-CXR protocol)."""
+    probe_forest_trees: int = Field(5000, ge=1)
+    """Trees of the random-forest probe (MMVM: 5,000)."""
+    probe_forest_depth: int = Field(30, ge=1)
+    """Maximum depth of its trees (MMVM: 30)."""
     random_coherence_samples: int = Field(1000, ge=1)
     log_likelihood_samples: int = Field(12, ge=1)
     prd_samples: int = Field(10000, ge=1)
@@ -175,6 +182,9 @@ class EvaluationConfig(_Section):
     prd_clusters: int = Field(20, ge=2)
     prd_angles: int = Field(1001, ge=3)
     prd_runs: int = Field(10, ge=1)
+    prd_clustering: Literal["torch", "sklearn"] = "torch"
+    """PRD's k-means: batched on the evaluation's device (``torch``) or scikit-learn's
+    MiniBatchKMeans, the reference protocol's, one fit per pair and run on the CPU (``sklearn``)."""
     classifiers_dir: Path | None = None
     """Coherence classifiers (``mmplatform classifiers train``); default ``<dataset dir>/classifiers``."""
     min_classifier_score: float | None = Field(None, ge=0.0, le=1.0)

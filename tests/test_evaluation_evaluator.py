@@ -324,3 +324,26 @@ def test_options_follow_the_platform_config():
     from mmplatform.config import build_config
 
     assert EvaluationOptions.from_config(build_config({}).evaluation).prd_feature_extractor == "classifier"
+
+
+class NonFiniteVAE(FakeVAE):
+    """Copies like ``copy`` but generates NaN images for the last modality."""
+
+    def generate(self, inputs, subsets=None):
+        out = super().generate(inputs, subsets)
+        out[MODALITIES[-1]] = torch.full_like(out[MODALITIES[-1]], float("nan"))
+        return out
+
+
+def test_prd_skips_pairs_it_cannot_score_and_scores_the_others(caplog):
+    options = small_options(metrics=("prd",))
+    with caplog.at_level("WARNING", logger="mmplatform.evaluation.accumulators"):
+        scalars = evaluator(options).evaluate(NonFiniteVAE("copy"), make_batches(0, NUM_TEST, 8)).scalars()
+    assert "non-finite" in caplog.text
+    assert not any(name.endswith(f"/{MODALITIES[-1]}") and "random" not in name for name in scalars)
+    assert scalars["prd_reconstruction/m0/m0"] == pytest.approx(IDENTICAL_PRD_SCORE, abs=1e-9)
+    # Too few samples for the clusters: every pair skipped, no PRD value at all.
+    tiny = small_options(metrics=("prd",), prd_samples=1)
+    with caplog.at_level("WARNING", logger="mmplatform.evaluation.accumulators"):
+        scalars = evaluator(tiny).evaluate(FakeVAE("copy"), make_batches(0, NUM_TEST, 8)).scalars()
+    assert "cannot fill" in caplog.text and not any(name.startswith("prd") for name in scalars)

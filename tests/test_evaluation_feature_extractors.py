@@ -132,3 +132,48 @@ def test_evaluator_prd_with_torch_fidelity_classifier_features():
     scalars = evaluator.evaluate(FakeVAE("copy"), make_batches(0, 40, 8)).scalars()
     assert scalars["prd_missing"] == pytest.approx(IDENTICAL_PRD_SCORE, abs=1e-9)
     assert scalars["prd_f8_reconstruction/m0_m1_m2/m2"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_generated_images_are_classified_and_featurized_in_one_pass():
+    """With the classifier's own PRD features, coherence's logits are its head applied to those
+    features: the classifier's body runs once per generated or prior image instead of twice
+    (classification, then features), with the same results."""
+    from mmplatform.evaluation.evaluator import Evaluator
+    from tests.test_evaluation_evaluator import MODALITIES, NUM_TEST, FakeVAE, LabelReader, make_batches, small_options
+
+    class CountingLabelReader(LabelReader):
+        """LabelReader split into a body (``features``, counted) and a ``head``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.featurized = 0
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            self.featurized += len(x)
+            return super().features(x)
+
+        def head(self, features: torch.Tensor) -> torch.Tensor:
+            labels = features[..., 0].floor().long().clamp(0, 9)  # features[0] is 10 x the label pixel
+            return nn.functional.one_hot(labels, 10).float()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x))
+
+    options = small_options(metrics=("coherence", "prd"))
+    shared = {m: CountingLabelReader() for m in MODALITIES}
+    separate = {m: CountingLabelReader() for m in MODALITIES}
+    results = [
+        Evaluator(options, shared).evaluate(FakeVAE("copy", prior="half"), make_batches(0, NUM_TEST, 8)),
+        # Features given as plain callables: the evaluator cannot know they are the classifier's.
+        Evaluator(options, separate, image_features={m: separate[m].features for m in MODALITIES}).evaluate(
+            FakeVAE("copy", prior="half"), make_batches(0, NUM_TEST, 8)
+        ),
+    ]
+    generated = 7 * NUM_TEST  # 7 subsets of 3 modalities
+    prior = max(options.random_coherence_samples, options.prd_samples)
+    for m in MODALITIES:
+        # Real test images go through torch-fidelity's copy of the classifier, not this instance.
+        assert shared[m].featurized == generated + prior
+        # Separately: every generated image twice, the real ones once, prior samples up to twice.
+        assert separate[m].featurized >= 2 * generated + NUM_TEST + prior
+    assert results[0].scalars() == pytest.approx(results[1].scalars(), rel=1e-12, abs=1e-12)

@@ -19,7 +19,7 @@ from mmplatform.evaluation.evaluator import EvaluationOptions, Evaluator
 from mmplatform.evaluation.metrics import METRICS, Metric
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 from mmplatform.evaluation.latent_probe import LinearProbe, fit_probes
-from mmplatform.evaluation.prd import PRDCurve, PRDParameters, PRDSummary, prd_from_features, prd_summary
+from mmplatform.evaluation.prd import PRDCurve, PRDParameters, PRDSummary, prd_from_features, prd_summaries, prd_summary
 
 __all__ = [
     "COHERENCE_SCORERS",
@@ -41,5 +41,6 @@ __all__ = [
     "PRDParameters",
     "PRDSummary",
     "prd_from_features",
+    "prd_summaries",
     "prd_summary",
 ]

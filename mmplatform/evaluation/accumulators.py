@@ -27,7 +27,7 @@ from mmplatform.evaluation.coherence import CoherenceCounts, coherence_scorer, c
 from mmplatform.evaluation.collectives import RankInfo, all_gather_objects
 from mmplatform.evaluation.key_sample import PrioritySample, SampleState, key_priorities, merge_states
 from mmplatform.evaluation.latent_probe import LinearProbe, MultiLabelProbe, fit_multilabel_probes, fit_probes
-from mmplatform.evaluation.prd import prd_summary
+from mmplatform.evaluation.prd import prd_summaries
 from mmplatform.evaluation.results import MetricRecord
 
 if TYPE_CHECKING:
@@ -63,6 +63,10 @@ class PassContext:
     subsets: np.ndarray  # [S, M] bool
     shared: dict[str, Any] = field(default_factory=dict)
     """Work two accumulators of the pass both need (the latent probes of AP and AUROC), by name."""
+    classifier_feature_modalities: frozenset[str] = frozenset()
+    """Modalities whose PRD features are their classifier's own ``features(x)`` (and whose
+    classifier's ``head(features)`` is its ``forward(x)``): the logits of an image are then read
+    off its PRD features, one pass of the classifier's body instead of two."""
 
     def context(self, **extra: str) -> dict[str, str]:
         return {"split": self.options.split, **extra}
@@ -80,6 +84,22 @@ def _apply_flat(fn, samples: Tensor, event_dims: int) -> Tensor:
     lead = samples.shape[: samples.dim() - event_dims]
     out = fn(samples.reshape(-1, *samples.shape[samples.dim() - event_dims:]))
     return out.reshape(*lead, *out.shape[1:])
+
+
+def _image_features(ctx: PassContext, modality: str, samples: Tensor, event_dims: int) -> Tensor:
+    """PRD features ``[*lead, F]`` of images ``[*lead, *event]``."""
+    if modality in ctx.classifier_feature_modalities:
+        return _apply_flat(ctx.classifiers[modality].features, samples, event_dims)
+    return _apply_flat(ctx.image_features[modality], samples, event_dims)
+
+
+def _classifier_logits(ctx: PassContext, modality: str, samples: Tensor, event_dims: int,
+                       features: Callable[[], Tensor]) -> Tensor:
+    """Logits of images; from their (cached) PRD ``features()`` where those are the classifier's own."""
+    classifier = ctx.classifiers[modality]
+    if modality in ctx.classifier_feature_modalities:
+        return classifier.head(features())
+    return _apply_flat(classifier, samples, event_dims)
 
 
 class EvalBatch:
@@ -115,15 +135,15 @@ class EvalBatch:
     def generated_logits(self, modality: str) -> Tensor:
         if modality not in self._logits:
             samples = self.generated[modality]
-            self._logits[modality] = _apply_flat(self.ctx.classifiers[modality], samples, samples.dim() - 2)
+            self._logits[modality] = _classifier_logits(
+                self.ctx, modality, samples, samples.dim() - 2, lambda: self.generated_features(modality)
+            )
         return self._logits[modality]
 
     def generated_features(self, modality: str) -> Tensor:
         if modality not in self._generated_features:
             samples = self.generated[modality]
-            self._generated_features[modality] = _apply_flat(
-                self.ctx.image_features[modality], samples, samples.dim() - 2
-            )
+            self._generated_features[modality] = _image_features(self.ctx, modality, samples, samples.dim() - 2)
         return self._generated_features[modality]
 
     def real_features(self, modality: str) -> Tensor:
@@ -136,6 +156,7 @@ class PriorChunk:
     def __init__(self, ctx: PassContext, start: int, samples: dict[str, Tensor]) -> None:
         self.ctx, self.start, self.samples = ctx, start, samples
         self._logits: dict[str, Tensor] = {}
+        self._features: dict[str, Tensor] = {}
 
     @property
     def size(self) -> int:
@@ -144,11 +165,16 @@ class PriorChunk:
     def logits(self, modality: str) -> Tensor:
         if modality not in self._logits:
             samples = self.samples[modality]
-            self._logits[modality] = _apply_flat(self.ctx.classifiers[modality], samples, samples.dim() - 1)
+            self._logits[modality] = _classifier_logits(
+                self.ctx, modality, samples, samples.dim() - 1, lambda: self.features(modality)
+            )
         return self._logits[modality]
 
     def features(self, modality: str) -> Tensor:
-        return self.ctx.image_features[modality](self.samples[modality])
+        if modality not in self._features:
+            samples = self.samples[modality]
+            self._features[modality] = _image_features(self.ctx, modality, samples, samples.dim() - 1)
+        return self._features[modality]
 
 
 # ----------------------------------------------------------------------------------------
@@ -300,7 +326,7 @@ class LatentProbeAccumulator(Accumulator):
     def prepare(self, probe_train_batches: Iterable | None) -> None:
         means, labels = _train_probe_rows(self.ctx, probe_train_batches)
         if _finite_means(means):
-            self.probes = fit_probes(means, labels, self.ctx.options.probe_max_iter)
+            self.probes = fit_probes(means, labels, self.ctx.options.probe_settings)
 
     def observe(self, batch: EvalBatch) -> None:
         if not self.probes:
@@ -378,30 +404,36 @@ class PRDAccumulator(Accumulator):
         test = merge_states([p[0] for p in payloads], capacity)
         prior = merge_states([p[1] for p in payloads], capacity)
         rank = self.ctx.rank
-        # Each rank computes every world_size-th pair; the all-reduce then assembles the table.
-        for index in range(rank.rank, len(self.pairs), rank.world_size):
-            subset, modality = self.pairs[index]
-            self.values[index] = torch.tensor(self._pair_values(test, prior, subset, modality), dtype=torch.float64)
+        # Each rank computes every world_size-th pair, all of its pairs clustered together on the
+        # evaluation's device; the all-reduce then assembles the table. A pair's values depend on
+        # its features and the seed alone, not on the pairs it is batched with.
+        mine = list(range(rank.rank, len(self.pairs), rank.world_size))
+        features = {index: self._pair_features(test, prior, *self.pairs[index]) for index in mine}
+        computed = [index for index in mine if features[index] is not None]
+        summaries = prd_summaries([features[index] for index in computed], self.ctx.options.prd, self.ctx.device)
+        self.values[mine] = math.nan  # the skipped pairs; the computed ones are set next
+        for index, summary in zip(computed, summaries):
+            self.values[index] = torch.tensor([summary.score, summary.f_8, summary.f_1_8], dtype=torch.float64)
 
-    def _pair_values(self, test: SampleState, prior: SampleState, subset: int | None, modality: str):
+    def _pair_features(self, test: SampleState, prior: SampleState, subset: int | None, modality: str):
+        """``(generated, real)`` features of a pair, or ``None`` (with a warning) when PRD cannot score it."""
         if len(test) == 0:
-            return [math.nan] * len(PRD_VALUES)
-        real = test.rows[f"real/{modality}"].numpy()
+            return None
+        real = test.rows[f"real/{modality}"]
         if subset is None:
-            generated = prior.rows[f"prior/{modality}"].numpy() if len(prior) else real[:0]
+            generated = prior.rows[f"prior/{modality}"] if len(prior) else real[:0]
         else:
-            generated = test.rows[f"generated/{modality}"][:, subset].numpy()
+            generated = test.rows[f"generated/{modality}"][:, subset]
         # Equal counts (enforce_balance): the first n of each set, both already seeded samples.
         n = min(len(real), len(generated))
         if 2 * n < self.ctx.options.prd.num_clusters:
             logger.warning("PRD skipped for %s: %d samples cannot fill %d clusters",
                            modality, n, self.ctx.options.prd.num_clusters)
-            return [math.nan] * len(PRD_VALUES)
-        if not np.isfinite(generated[:n]).all():
+            return None
+        if not torch.isfinite(generated[:n]).all():
             logger.warning("PRD skipped for %s: the model generated non-finite samples", modality)
-            return [math.nan] * len(PRD_VALUES)
-        summary = prd_summary(generated[:n], real[:n], self.ctx.options.prd)
-        return [summary.score, summary.f_8, summary.f_1_8]
+            return None
+        return generated[:n], real[:n]
 
     def sums(self) -> Tensor:
         return self.values.flatten()
@@ -580,7 +612,7 @@ class _LatentProbeRankingAccumulator(_RankingAccumulator):
 
     def _fit(self, probe_train_batches: Iterable | None) -> list[MultiLabelProbe]:
         means, labels = _train_probe_rows(self.ctx, probe_train_batches)
-        return fit_multilabel_probes(means, labels, self.ctx.options.probe_max_iter) if _finite_means(means) else []
+        return fit_multilabel_probes(means, labels, self.ctx.options.probe_settings) if _finite_means(means) else []
 
     def observe(self, batch: EvalBatch) -> None:
         if not self.probes:

@@ -45,6 +45,7 @@ from mmplatform.evaluation.accumulators import (
 )
 from mmplatform.evaluation.collectives import RankInfo, all_gather_objects, all_reduce_sum
 from mmplatform.evaluation.metrics import METRICS, PRD, unknown_metrics
+from mmplatform.evaluation.latent_probe import ProbeSettings
 from mmplatform.evaluation.prd import PRDParameters
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 
@@ -63,6 +64,10 @@ class EvaluationOptions:
     """Names of the attributes of multi-label data (the per-attribute contexts in Aim)."""
     probe_train_samples: int = 1000
     probe_max_iter: int = 1000
+    probe_model: str = "logistic_regression"
+    """``latent_probe.PROBE_MODELS`` key: logistic regression (MoPoE) or random forest (MMVM)."""
+    probe_forest_trees: int = 5000
+    probe_forest_depth: int = 30
     random_coherence_samples: int = 1000
     prior_batch_size: int = 250
     log_likelihood_samples: int = 12
@@ -92,6 +97,12 @@ class EvaluationOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.random_coherence_samples < 0:
             raise ValueError("random_coherence_samples must be >= 0")
+        self.probe_settings  # validates the probe model's name
+
+    @property
+    def probe_settings(self) -> ProbeSettings:
+        return ProbeSettings(model=self.probe_model, max_iter=self.probe_max_iter, forest_trees=self.probe_forest_trees,
+                             forest_depth=self.probe_forest_depth, seed=self.seed)
 
     @classmethod
     def from_config(cls, config: Any, *, seed: int = 0, label_kind: str = "single", label_names=(), **overrides) -> "EvaluationOptions":
@@ -100,10 +111,14 @@ class EvaluationOptions:
         values = dict(
             metrics=tuple(config.metrics),
             probe_train_samples=config.probe_train_samples,
+            probe_model=config.probe_model,
+            probe_forest_trees=config.probe_forest_trees,
+            probe_forest_depth=config.probe_forest_depth,
             random_coherence_samples=config.random_coherence_samples,
             log_likelihood_samples=config.log_likelihood_samples,
             prd=PRDParameters(
-                num_clusters=config.prd_clusters, num_angles=config.prd_angles, num_runs=config.prd_runs, seed=seed
+                num_clusters=config.prd_clusters, num_angles=config.prd_angles, num_runs=config.prd_runs, seed=seed,
+                clustering=config.prd_clustering,
             ),
             prd_feature_extractor="inception-v3-compat" if weights is not None else "classifier",
             feature_extractor_weights_path=str(weights) if weights is not None else None,
@@ -147,13 +162,20 @@ class Evaluator:
         self.classifiers = dict(classifiers or {})
         for classifier in self.classifiers.values():
             classifier.eval()
+        self.classifier_feature_modalities: frozenset[str] = frozenset()
         if image_features is None and PRD.name in options.metrics:
-            from mmplatform.evaluation.feature_extractors import build_modality_features
+            from mmplatform.evaluation.feature_extractors import build_modality_features, feature_kind
 
             modalities = options.prd_modalities or tuple(self.classifiers)
             image_features = build_modality_features(
                 options.prd_feature_extractor, self.classifiers, modalities, options.feature_extractor_weights_path
             )
+            if feature_kind(options.prd_feature_extractor).classifier_features:
+                # Features of the classifiers themselves: generated images are classified (coherence)
+                # and featurized (PRD) in one pass where the classifier's head makes its logits.
+                self.classifier_feature_modalities = frozenset(
+                    m for m in modalities if callable(getattr(self.classifiers[m], "head", None))
+                )
         self.image_features = dict(image_features or {})
 
     def evaluate(
@@ -173,6 +195,7 @@ class Evaluator:
             model=model, device=device, options=self.options, classifiers=self.classifiers,
             image_features=self.image_features, rank=rank, modality_names=list(model.modality_names),
             subset_names=list(model.subset_names), subsets=model.subsets.cpu().numpy().astype(bool),
+            classifier_feature_modalities=self.classifier_feature_modalities,
         )
         was_training = model.training
         model.eval()

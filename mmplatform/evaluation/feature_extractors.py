@@ -146,10 +146,13 @@ class FeatureKind:
     build: Callable[..., ImageFeatures]
     per_modality: bool
     """Whether each modality gets its own extractor (its classifier) or all share one."""
+    classifier_features: bool = False
+    """Whether the features are the classifier's own ``features(x)``, the input of its ``head``:
+    the evaluation then classifies an image and takes its features in one pass."""
 
 
 PRD_FEATURE_EXTRACTORS: dict[str, FeatureKind] = {
-    "classifier": FeatureKind(_classifier_features, per_modality=True),
+    "classifier": FeatureKind(_classifier_features, per_modality=True, classifier_features=True),
     "inception-v3-compat": FeatureKind(_inception_features, per_modality=False),
 }
 

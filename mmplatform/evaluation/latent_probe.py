@@ -11,43 +11,69 @@ caller streams, chosen by a seeded hash of each sample's key (``key_sample``), s
 are chosen whatever the number of ranks. MoPoE draws with replacement (``np.random.randint``);
 duplicates add no information, and for 1000 of 60000 rows the two differ by ~8 duplicates.
 
-The classifier is scikit-learn's ``LogisticRegression(max_iter=1000)`` with the lbfgs solver
-as in MoPoE (``random_state=0``, ignored by lbfgs but kept for solvers that use it).
+The classifier is chosen from ``PROBE_MODELS`` (``evaluation.probe_model``):
 
-Multi-label datasets (CelebA's attributes) get one probe per attribute (``MultiLabelProbe``),
-scored by average precision of its probabilities as MoPoE does on CelebA.
+* ``logistic_regression`` (default): scikit-learn's ``LogisticRegression(max_iter=1000)`` with
+  the lbfgs solver as in MoPoE (``random_state=0``, ignored by lbfgs but kept for solvers that use it);
+* ``random_forest``: MMVM's MIMIC-CXR protocol (seeds-digest 2.4): ``RandomForestClassifier`` with
+  5,000 trees of depth at most 30 (``probe_forest_trees``, ``probe_forest_depth``), seeded, one
+  process. MMVM fits it on "a subset of the training set" of unimodal representations: here the
+  same seeded training rows as the other probe, per subset posterior, the unimodal ones included.
+
+Multi-label datasets (CelebA's attributes, CUB's colours, MIMIC's findings) get one probe per
+attribute (``MultiLabelProbe``), scored by ranking scores of its probabilities (average precision
+as MoPoE does on CelebA, AUROC as MMVM does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import ClassifierMixin
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 
 @dataclass(frozen=True)
-class ProbeParameters:
-    train_samples: int = 1000
+class ProbeSettings:
+    model: str = "logistic_regression"
+    """A ``PROBE_MODELS`` key."""
     max_iter: int = 1000
+    """Logistic regression's iterations."""
+    forest_trees: int = 5000
+    forest_depth: int = 30
     seed: int = 0
-    """Selects the training rows: see ``mmplatform.evaluation.key_sample``."""
+    """Seeds the random forest."""
+
+    def __post_init__(self) -> None:
+        if self.model not in PROBE_MODELS:
+            raise ValueError(f"unknown probe model {self.model!r}; registered: {sorted(PROBE_MODELS)}")
+
+
+PROBE_MODELS: dict[str, Callable[[ProbeSettings], ClassifierMixin]] = {
+    "logistic_regression": lambda settings: LogisticRegression(max_iter=settings.max_iter, random_state=0),
+    "random_forest": lambda settings: RandomForestClassifier(
+        n_estimators=settings.forest_trees, max_depth=settings.forest_depth, random_state=settings.seed, n_jobs=1),
+}
 
 
 class LinearProbe:
-    """A fitted probe; a training set with a single class gives a constant predictor.
+    """A fitted probe (linear unless ``settings`` picks another model); a training set with a
+    single class gives a constant predictor.
 
     (A tiny ``sample_limit`` sweep can draw a single class; scikit-learn refuses to fit that,
     and predicting the only class seen is what any classifier would learn from it.)
     """
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray, max_iter: int) -> None:
+    def __init__(self, features: np.ndarray, labels: np.ndarray, settings: ProbeSettings) -> None:
         features, labels = _check(features, labels)
         classes = np.unique(labels)
         self._constant = classes[0] if len(classes) == 1 else None
         self._model = None
         if self._constant is None:
-            self._model = LogisticRegression(max_iter=max_iter, random_state=0)
+            self._model = PROBE_MODELS[settings.model](settings)
             self._model.fit(features, labels)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
@@ -67,11 +93,11 @@ class MultiLabelProbe:
     positive-class probabilities ``[N, A]`` (an attribute seen with one value only scores that
     value, 0 or 1, for every row)."""
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray, max_iter: int) -> None:
+    def __init__(self, features: np.ndarray, labels: np.ndarray, settings: ProbeSettings) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 2:
             raise ValueError(f"a multi-label probe needs labels [N, A], got shape {labels.shape}")
-        self.probes = [LinearProbe(features, labels[:, a], max_iter) for a in range(labels.shape[1])]
+        self.probes = [LinearProbe(features, labels[:, a], settings) for a in range(labels.shape[1])]
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -85,20 +111,21 @@ class MultiLabelProbe:
         return np.stack(columns, axis=1)
 
 
-def fit_multilabel_probes(train_means: np.ndarray, train_labels: np.ndarray, max_iter: int) -> list[MultiLabelProbe]:
+def fit_multilabel_probes(train_means: np.ndarray, train_labels: np.ndarray,
+                          settings: ProbeSettings) -> list[MultiLabelProbe]:
     """One multi-label probe per subset from ``train_means`` ``[N, S, D]`` and labels ``[N, A]``."""
     train_means = np.asarray(train_means)
     if train_means.ndim != 3:
         raise ValueError(f"training means must be [N, S, D], got shape {train_means.shape}")
-    return [MultiLabelProbe(train_means[:, s], train_labels, max_iter) for s in range(train_means.shape[1])]
+    return [MultiLabelProbe(train_means[:, s], train_labels, settings) for s in range(train_means.shape[1])]
 
 
-def fit_probes(train_means: np.ndarray, train_labels: np.ndarray, max_iter: int) -> list[LinearProbe]:
+def fit_probes(train_means: np.ndarray, train_labels: np.ndarray, settings: ProbeSettings) -> list[LinearProbe]:
     """One probe per subset from ``train_means`` ``[N, S, D]`` and labels ``[N]``."""
     train_means = np.asarray(train_means)
     if train_means.ndim != 3:
         raise ValueError(f"training means must be [N, S, D], got shape {train_means.shape}")
-    return [LinearProbe(train_means[:, s], train_labels, max_iter) for s in range(train_means.shape[1])]
+    return [LinearProbe(train_means[:, s], train_labels, settings) for s in range(train_means.shape[1])]
 
 
 def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,17 +57,20 @@ SINGLE, MULTI, NO_LABELS = "single", "multi", "none"
 """Label kinds, as in the manifests (``data_pipelines.manifest.LABEL_KINDS``)."""
 ANY_LABELS = frozenset({SINGLE, MULTI})
 
+PROBE_OPTIONS = ("probe_train_samples", "probe_model", "probe_forest_trees", "probe_forest_depth")
+"""What every latent probe reads: its training rows and its classifier."""
+
 LATENT_PROBE = register_metric(Metric(
     "latent_probe", "accuracy of a logistic regression on each subset posterior's mean",
     "latent_accuracy",
     frozenset({SINGLE}), needs_classifiers=False, objective_key="latent_accuracy", headline="latent acc",
-    options=("probe_train_samples",),
+    options=PROBE_OPTIONS,
 ))
 LATENT_PROBE_AP = register_metric(Metric(
     "latent_probe_ap", "average precision per attribute of logistic regressions on each subset posterior's mean",
     "latent_ap",
     frozenset({MULTI}), needs_classifiers=False, objective_key="latent_ap", headline="latent AP",
-    options=("probe_train_samples",),
+    options=PROBE_OPTIONS,
 ))
 COHERENCE = register_metric(Metric(
     "coherence", "accuracy of the classes of generated samples (conditional per subset, and random)",
@@ -85,7 +88,7 @@ LATENT_PROBE_AUROC = register_metric(Metric(
     "latent_probe_auroc", "area under the ROC curve per attribute of the latent probes (as latent_probe_ap)",
     "latent_auroc",
     frozenset({MULTI}), needs_classifiers=False, objective_key="latent_auroc", headline="latent AUROC",
-    options=("probe_train_samples",),
+    options=PROBE_OPTIONS,
 ))
 COHERENCE_AUROC = register_metric(Metric(
     "coherence_auroc", "area under the ROC curve per attribute of generated samples (conditional per subset)",

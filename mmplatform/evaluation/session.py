@@ -20,13 +20,13 @@ from data_pipelines.datasets import dataset_descriptor
 from data_pipelines.manifest import Manifest, load_manifest
 from mmplatform.config import TrainConfig
 from mmplatform.evaluation.evaluator import EvaluationOptions, Evaluator
-from mmplatform.evaluation.metrics import METRICS, needs_classifiers
+from mmplatform.evaluation.metrics import METRICS, PROBE_OPTIONS, needs_classifiers
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 from mmplatform.privacy import samples_may_be_logged
 
 GRID_SAMPLES = 8
 """Test tuples shown per grid (columns); the rows are the subsets."""
-PROBE_METRICS = {metric.name for metric in METRICS.values() if "probe_train_samples" in metric.options}
+PROBE_METRICS = {metric.name for metric in METRICS.values() if metric.options == PROBE_OPTIONS}
 """The metrics that fit a latent probe on encoded training rows (every latent_probe* variant)."""
 
 
