@@ -159,7 +159,7 @@ def per_modality_value(mapping: Mapping[str, Any], modality: str, what: str) -> 
     raise KeyError(f"{what}: no entry for modality {modality!r} (nor {ALL_MODALITIES!r})")
 
 
-DATASET_PACKAGES = ("polymnist", "celeba", "cub")
+DATASET_PACKAGES = ("polymnist", "celeba", "cub", "mimic")
 """Each ``data_pipelines.<package>.descriptor`` module registers its dataset on import."""
 
 DEFAULT_DATASET = DATASET_PACKAGES[0]

@@ -92,6 +92,25 @@ def cub_shards(cub_source, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mimic_source(tmp_path_factory) -> Path:
+    """A small MIMIC-CXR-JPG (JPEGs, gzipped CSVs) with MIMIC-CXR's reports, in the official layout."""
+    from data_pipelines.mimic import write_mimic_fixture
+
+    return write_mimic_fixture(tmp_path_factory.mktemp("mimic-source") / "mimic-cxr-jpg", num_subjects=40, seed=3)
+
+
+@pytest.fixture(scope="session")
+def mimic_shards(mimic_source, tmp_path_factory) -> Path:
+    """The fixture built into shards of the thesis variant (restricted); treat as read-only."""
+    from data_pipelines.mimic import build_mimic
+
+    out = tmp_path_factory.mktemp("mimic") / "mimic"
+    build_mimic(mimic_source, out, variant="thesis", samples_per_shard=10, workers=1, progress=False,
+                log=lambda _: None)
+    return out
+
+
 @pytest.fixture
 def one_torch_thread():
     """Torch on one thread for the test: on a shared 2-core machine two spinning threads can run

@@ -135,7 +135,7 @@ def test_shards_of_another_dataset_are_refused():
 
 
 def test_unknown_dataset_is_refused_naming_the_registered_ones():
-    with pytest.raises(ConfigError, match=r"data.dataset: unknown dataset 'mnist'; registered: celeba, cub, polymnist"):
+    with pytest.raises(ConfigError, match=r"data.dataset: unknown dataset 'mnist'; registered: celeba, cub, mimic, polymnist"):
         build_config({"data": {"dataset": "mnist"}})
 
 
