@@ -167,17 +167,42 @@ def check_data_reader(result: dict, out: Path) -> None:
 def check_evaluation(result: dict, out: Path) -> None:
     runs = result["runs"]
     assert set(runs) == {"full", "sampled"}
-    assert runs["sampled"]["evaluated_samples"] < runs["full"]["evaluated_samples"]
-    for label, run in runs.items():
-        assert run["records"] > 0
-        assert positive(run["ceiling_fraction"]) and positive(run["generation_ceiling_fraction"]), (label, run)
-        assert all(finite(v) and v >= 0 for v in run["seconds"].values()), (label, run["seconds"])
-        # FLOPs affine in the samples evaluated: the counted constant plus the per-sample slope.
-        expected = result["flop_constant"] + result["flop_per_test_sample"] * run["evaluated_samples"]
-        assert run["flop_total"] == pytest.approx(expected)
+    for label, variants in runs.items():
+        assert set(variants) == {"before", "after"}, label
+        for variant, run in variants.items():
+            assert run["records"] > 0
+            assert positive(run["ceiling_fraction"]) and positive(run["generation_ceiling_fraction"]), (label, run)
+            assert all(finite(v) and v >= 0 for v in run["seconds"].values()), (label, run["seconds"])
+            assert fraction(run["prd_fraction"])
+            # FLOPs affine in the samples evaluated: the counted constant plus the per-sample slope.
+            expected = result["flop_constant"] + result["flop_per_test_sample"] * run["evaluated_samples"]
+            assert run["flop_total"] == pytest.approx(expected)
+        # The same records either way; before ran the classifier's body a second time per image.
+        assert variants["before"]["records"] == variants["after"]["records"]
+        assert variants["after"]["flop_executed"] == pytest.approx(variants["after"]["flop_total"])
+        assert variants["before"]["flop_executed"] > variants["after"]["flop_executed"]
+    assert runs["sampled"]["after"]["evaluated_samples"] < runs["full"]["after"]["evaluated_samples"]
     assert positive(result["flop_per_test_sample"]) and positive(result["flop_constant"])
-    assert result["ceiling_fraction"] == runs["full"]["ceiling_fraction"]
+    assert result["ceiling_fraction"] == runs["full"]["after"]["ceiling_fraction"]
     assert positive(result["matmul_gflops"])
+    assert result["table"]["total"] == {f"{label}/{variant}": run["total_seconds"]
+                                        for label, variants in runs.items() for variant, run in variants.items()}
+    assert all(isinstance(goal["met"], bool) and finite(goal["value"]) for goal in result["goals"].values())
+
+
+def check_prd_agreement(result: dict, out: Path) -> None:
+    assert set(result["pairs"]) == {"reconstructed", "prior", "real_train"}
+    for name, pair in result["pairs"].items():
+        for method in ("sklearn", "torch", "torch_converged"):
+            assert set(pair[method]) == {"score", "f_8", "f_1_8"}
+            for value in pair[method].values():
+                assert value["min"] <= value["mean"] <= value["max"] and finite(value["sd"]) and value["sd"] >= 0
+        assert all(finite(v) for v in pair["bias_in_reference_sd"]["torch"].values()), name
+        assert all(positive(v) for v in pair["inertia"]["torch"].values()), name
+        assert positive(pair["speedup"])
+        # Identical sets score near 0.72 with any clustering (PRD's scalar of a perfect generator).
+        if name == "real_train":
+            assert 0.6 < pair["torch"]["score"]["mean"] < 0.75
 
 
 def check_latent_emergence(result: dict, out: Path) -> None:
@@ -231,6 +256,7 @@ CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "data_reader": check_data_reader,
     "evaluation": check_evaluation,
     "latent_emergence": check_latent_emergence,
+    "prd_agreement": check_prd_agreement,
     "thesis_comparison": check_thesis_comparison,
     "train_step": check_train_step,
 }
@@ -253,6 +279,7 @@ def test_every_benchmark_has_checks():
 
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "train_step": {"celeba": ["--dataset", "celeba"]},
+    "thesis_comparison": {"learns": ["--setting", "learns"]},
 }
 """Further smoke runs of a benchmark with these arguments (a mode the default run does not take)."""
 
