@@ -100,7 +100,7 @@ PRD = register_metric(Metric(
     "prd", "precision-recall of generated vs real image features (Sajjadi et al. 2018)",
     "prd",
     ANY_LABELS, needs_classifiers=True, objective_key="prd", headline="PRD",
-    options=("prd_samples", "prd_clusters", "prd_angles", "prd_runs", "feature_extractor_weights"),
+    options=("prd_samples", "prd_clusters", "prd_angles", "prd_runs", "prd_clustering", "feature_extractor_weights"),
     needs_labels=False,
 ))
 LOG_LIKELIHOOD = register_metric(Metric(
