@@ -60,8 +60,9 @@ def test_registry_picks_celeba_networks_for_celeba_specs_only():
     image, text = celeba_modality_specs()  # the specs the CelebA builder writes into its manifests
     assert (select_networks(image).name, select_networks(text).name) == ("image64_resnet", "celeba_text_conv")
     assert not NETWORKS["image64_resnet"].matches(POLYMNIST)
-    # Only RGB 64x64 images and 256-character text are taken automatically.
-    assert select_networks(dataclasses.replace(IMAGE, shape=(1, 64, 64))).name == "mlp_image"
+    # Only RGB 64x64 images and 256-character text are taken automatically (grayscale 64x64 gets
+    # the residual nets laid out for any size, models.networks.resnet_image).
+    assert select_networks(dataclasses.replace(IMAGE, shape=(1, 64, 64))).name == "resnet_image"
     assert select_networks(dataclasses.replace(TEXT, shape=(8,))).name == "mlp_text"
     with pytest.raises(ValueError, match="no vocabulary"):
         build_networks(dataclasses.replace(TEXT, vocabulary=()), LATENT)

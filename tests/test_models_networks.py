@@ -18,7 +18,9 @@ POLY = ModalitySpec("m0", "image", (3, 28, 28), "uint8", "laplace")
 
 def test_registry_picks_networks_from_the_spec():
     assert select_networks(POLY).name == "polymnist_conv"
-    assert select_networks(ModalitySpec("x", "image", (1, 64, 64), "uint8", "laplace")).name == "mlp_image"
+    # Square images of a size b * 2^n (64, 128, 224...) get the residual nets; others the generic MLP.
+    assert select_networks(ModalitySpec("x", "image", (1, 64, 64), "uint8", "laplace")).name == "resnet_image"
+    assert select_networks(ModalitySpec("x", "image", (1, 60, 60), "uint8", "laplace")).name == "mlp_image"
     assert select_networks(ModalitySpec("t", "text", (8,), "int64", "categorical", ("a", "b"))).name == "mlp_text"
     assert select_networks(POLY, "mlp_image").name == "mlp_image"
     with pytest.raises(ValueError):
