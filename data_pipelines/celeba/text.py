@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data_pipelines.words import checked_ids
+
 ALPHABET: tuple[str, ...] = tuple("abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"\\/|_@#$%^&*~`+-=<>()[]{} \n")
 """MoPoE's ``alphabet.json`` (thomassutter/MoPoE, also in mmjsd), in its order: 71 entries.
 
@@ -95,12 +97,7 @@ def decode_text(ids, vocabulary: Sequence[str]) -> str:
     ``ids`` is anything numpy can read as a 1-d integer array (a CPU tensor included).
     Padding is stripped at both ends only: a ``*`` a model generates mid-text is kept.
     """
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"expected a 1-d sequence of integer ids, got {ids.dtype} of shape {list(ids.shape)}")
-    if ids.size and (ids.min() < 0 or ids.max() >= len(vocabulary)):
-        bad = ids[(ids < 0) | (ids >= len(vocabulary))][0]
-        raise ValueError(f"id {int(bad)} is outside the vocabulary of {len(vocabulary)} entries")
+    ids = checked_ids(ids, vocabulary)
     return "".join(vocabulary[i] for i in ids.tolist()).strip(PAD)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from data_pipelines.words import decode_text
 from data_pipelines.datasets import ClassifierSpec, DatasetDescriptor, ProfileDefaults, register_dataset
 
 NAME = "cub"
@@ -46,12 +47,6 @@ def build_from_arguments(args: argparse.Namespace, out: Path) -> None:
               workers=args.workers)
 
 
-def decode_text(ids, vocabulary) -> str:
-    from data_pipelines.cub.text import decode_text as decode
-
-    return decode(ids, vocabulary)
-
-
 DESCRIPTOR = register_dataset(DatasetDescriptor(
     name=NAME,
     summary="CUB image-captions shards from the MMVAE release or CUB_200_2011 with captions",
@@ -68,7 +63,7 @@ DESCRIPTOR = register_dataset(DatasetDescriptor(
     official_files="either the cleaned release of MMVAE, cub.zip (http://www.robots.ox.ac.uk/~yshi/mmdgm/datasets/"
                    "cub.zip) or its folder, which has no labels; or CUB_200_2011 (images/, attributes/) with the "
                    "Reed et al. captions as captions/<class>/<image>.txt and train_idx.txt/test_idx.txt, as MMVM reads it",
-    decode_text=decode_text,
+    decode_text=decode_text,  # data_pipelines.words: numpy only, cheap for the CLI's help
     profiles={
         "local": ProfileDefaults(
             folder=NAME,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from data_pipelines.words import decode_text
 from data_pipelines.datasets import ALL_MODALITIES, ClassifierSpec, DatasetDescriptor, ProfileDefaults, register_dataset
 
 NAME = "mimic"
@@ -58,12 +59,6 @@ def build_from_arguments(args: argparse.Namespace, out: Path) -> None:
                 workers=args.workers)
 
 
-def decode_text(ids, vocabulary) -> str:
-    from data_pipelines.words import decode_text as decode
-
-    return decode(ids, vocabulary)
-
-
 DESCRIPTOR = register_dataset(DatasetDescriptor(
     name=NAME,
     summary="MIMIC-CXR frontal + lateral X-rays (+ report findings) from MIMIC-CXR-JPG; credentialed, restricted",
@@ -81,7 +76,7 @@ DESCRIPTOR = register_dataset(DatasetDescriptor(
                    "mimic-cxr-jpg/): files/ with the JPEGs and mimic-cxr-2.0.0-{metadata,chexpert,split}.csv(.gz); "
                    "for the thesis variant also the reports of MIMIC-CXR (https://physionet.org/content/mimic-cxr/, "
                    "files/pXX/pNNNNNNNN/sNNNNNNNN.txt) in the same files/ tree or under --reports",
-    decode_text=decode_text,
+    decode_text=decode_text,  # data_pipelines.words: numpy only, cheap for the CLI's help
     profiles={
         "local": ProfileDefaults(
             folder=NAME,
