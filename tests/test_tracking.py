@@ -22,7 +22,6 @@ from mmplatform.tracking import (
     RemoteTrackingWarning,
     RemoteUnavailable,
     Tracker,
-    flatten_hparams,
     query_images,
     query_metrics,
     query_runs,
@@ -104,21 +103,6 @@ def check_steps(repo: str, experiment: str, name: str, context: dict) -> list[tu
 
 
 # ------------------------------------------------------------------ pure helpers
-
-
-def test_flatten_hparams_gives_flat_scalars():
-    config = {"model": {"aggregator": "mopoe", "beta": np.float32(0.5), "dims": [32, 64]}, "seed": 3}
-    assert flatten_hparams(config) == {
-        "model.aggregator": "mopoe",
-        "model.beta": 0.5,
-        "model.dims": "[32, 64]",
-        "seed": 3,
-    }
-
-
-def test_nested_hparams_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="flatten_hparams"):
-        Tracker(tmp_path / "aim", "exp", hparams={"model": {"beta": 1.0}})
 
 
 def test_to_pil_reads_chw_float_grids():
@@ -217,6 +201,9 @@ def test_crash_then_reattach_recovers_and_dedupes(aim_server, tmp_path, request)
     with Tracker(aim_server.url, experiment, run_hash=run_hash, hparams={"aggregator": "mopoe"}, fallback_dir=fallback) as resumed:
         assert resumed.track(0.99, "coherence", 2, {"subset": "m0"}) is False
         assert resumed.track(0.4, "coherence", 3, {"subset": "m0"}) is True
+        # Pushing its own journal into the run did not append those records to it again.
+        journaled = read_journal(resumed.journal_path).records
+        assert [r["step"] for r in journaled] == [0, 1, 2, 3]
     assert list(iter_journals(fallback)) == []
 
     reindex(aim_server.url)

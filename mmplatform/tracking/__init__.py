@@ -12,7 +12,8 @@ tracker is opened or a repo queried, torch never (tensors are recognised by thei
 from mmplatform.tracking.query import create_local_repo, query_images, query_metrics, query_runs, query_texts, reindex
 from mmplatform.tracking.remote import RemoteUnavailable
 from mmplatform.tracking.replay import ReplayResult, replay_fallback
-from mmplatform.tracking.tracker import RemoteTrackingWarning, Tracker, flatten_hparams
+from mmplatform.tracking.tracker import RemoteTrackingWarning, Tracker
+from mmplatform.tracking.values import flatten_hparams
 
 __all__ = [
     "create_local_repo",

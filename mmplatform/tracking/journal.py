@@ -29,14 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmplatform.tracking.steps import SequenceKey, context_key
+
 logger = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".jsonl"
-
-
-def context_key(context: dict[str, Any] | None) -> str:
-    """A canonical string for a context dict, so equal contexts compare equal."""
-    return json.dumps(context or {}, sort_keys=True, separators=(",", ":"))
 
 
 class Journal:
@@ -103,7 +100,7 @@ class JournalContents:
     def run_hash(self) -> str:
         return self.header["run_hash"]
 
-    def recorded_steps(self) -> dict[tuple[str, str], set[int]]:
+    def recorded_steps(self) -> dict[SequenceKey, set[int]]:
         """Journaled steps per (sequence name, context key)."""
         steps: dict[tuple[str, str], set[int]] = {}
         for record in self.records:
@@ -143,6 +140,13 @@ def read_journal(path: Path) -> JournalContents:
     if contents is None:
         raise ValueError(f"{path}: empty journal")
     return contents
+
+
+def mark_replayed(path: Path, repo: str, run_hash: str) -> None:
+    """Record in the journal at ``path`` that run ``run_hash`` of ``repo`` now holds every
+    record above this line (read back as :attr:`JournalContents.replayed`)."""
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(json.dumps({"time": time.time(), "kind": "replayed", "repo": repo, "run_hash": run_hash}) + "\n")
 
 
 def iter_journals(directory: Path) -> Iterator[Path]:

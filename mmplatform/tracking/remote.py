@@ -15,9 +15,10 @@ Measured with aim 3.29.1 (see tests/test_tracking.py for the cases that guard it
 
 So every remote Aim call goes through :class:`DeadlineCaller` (one daemon thread; the
 caller waits at most a deadline and then abandons the thread), a cheap HTTP probe with a
-short timeout runs before opening, at each new step and before closing, an abandoned
-server's objects are unhooked from Aim's cleanup (:func:`forget_remote`), and
-:func:`install_exit_guard` bounds the exit cleanup of all remote resources.
+short timeout runs before opening, at each new step and before closing (both held by a
+tracker's :class:`ServerLink`), an abandoned server's objects are unhooked from Aim's
+cleanup (:func:`forget_remote`), and :func:`install_exit_guard` bounds the exit cleanup of
+all remote resources.
 """
 
 from __future__ import annotations
@@ -124,6 +125,48 @@ class DeadlineCaller:
         """End the thread once it is idle; a thread stuck in Aim is left to die with the process."""
         if not self.abandoned:
             self._requests.put(None)
+
+
+class ServerLink:
+    """One tracker's line to an ``aim://`` server: each call under a deadline, a liveness
+    probe, and, once the tracker gives the server up, no call ever again.
+
+    Giving up lasts for the rest of the training, so one slow probe answer from a busy
+    server is not enough: :meth:`check` asks twice (a refused port fails both in
+    microseconds, a silent one costs ``2 * probe_timeout_s``).
+    """
+
+    def __init__(self, url: str, *, timeout_s: float, probe_timeout_s: float):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        install_exit_guard()
+        self._caller = DeadlineCaller(name=f"aim-remote-{url}")
+
+    @property
+    def abandoned(self) -> bool:
+        return self._caller.abandoned
+
+    def check(self) -> str | None:
+        """None if the server answers its status endpoint, else why not."""
+        reason = probe(self.url, self.probe_timeout_s)
+        if reason is not None:
+            reason = probe(self.url, self.probe_timeout_s)
+        return reason
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on the link's thread; :class:`RemoteUnavailable` past the
+        deadline (and for every call after that), the function's own error otherwise."""
+        return self._caller.call(self.timeout_s, function, *args)
+
+    def abandon(self, *objects: Any) -> None:
+        """Stop using the server: no further calls, and ``objects`` (the run, its repo) are
+        kept from Aim's cleanup, which would wait on the dead server forever."""
+        self._caller.abandoned = True
+        forget_remote(self.url, *objects)
+
+    def close(self) -> None:
+        self._caller.stop()
 
 
 # Objects of abandoned servers: kept referenced so that garbage collection never runs

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmplatform.tracking.journal import iter_journals, read_journal
-from mmplatform.tracking.tracker import Tracker, _append_record, normalize_repo, push_records
+from mmplatform.tracking.journal import iter_journals, mark_replayed, read_journal
+from mmplatform.tracking.tracker import Tracker, normalize_repo
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def replay_fallback(
             strict=True,
         )
         try:
-            pushed = push_records(tracker, contents, journal=False)
+            pushed = tracker.push_journal(contents)
             if tracker.run_hash != contents.run_hash:
                 tracker.set_property(
                     "fallback",
@@ -60,7 +60,7 @@ def replay_fallback(
                 )
         finally:
             tracker.close()
-        _append_record(path, {"kind": "replayed", "repo": tracker.repo, "run_hash": tracker.run_hash})
+        mark_replayed(path, tracker.repo, tracker.run_hash)
         logger.info("replayed %s into run %s of %s (%d new records)", path, tracker.run_hash, target_repo, pushed)
         results.append(ReplayResult(journal=path, repo=tracker.repo, run_hash=tracker.run_hash, pushed=pushed))
     return results

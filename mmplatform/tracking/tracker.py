@@ -2,24 +2,20 @@
 
 ``Tracker`` wraps ``aim.Run`` with the three things training needs and Aim does not give:
 
-- **Re-attach without duplicates.** A restarted trial opens the run by the hash kept in its
-  checkpoint. Each sequence (metric or image name + context) accepts a step only if the
-  run holds no value at that step yet (``track`` returns False otherwise): the steps
-  stored per sequence are read from the run's series data when re-attaching, then kept in
-  memory. Epochs are steps, so a retried epoch (crash between logging and checkpointing)
-  logs nothing twice, and the first value written for a step wins. The series data, not
-  Aim's ``last_step`` metadata, is the truth: after a server crash the metadata can claim a
-  step whose value never reached the disk (seen in test_server_killed_mid_run_*), and a
-  step missing that way is accepted again.
-- **A dead server cannot stop training.** For ``aim://`` repos every Aim call runs with a
-  deadline (see :mod:`.remote` for what Aim does otherwise), the server is probed (HTTP,
-  short timeout) before opening, at each new step and before closing, and on the first
-  failure the tracker warns once (:class:`RemoteTrackingWarning`) and stops talking to it.
-- **Nothing is lost meanwhile.** For ``aim://`` repos every accepted point is also appended
-  to a local journal (:mod:`.journal`) in ``fallback_dir``, deleted once the server confirms
+- **Re-attach without duplicates** (:mod:`.steps`). A restarted trial opens the run by the
+  hash kept in its checkpoint. Each sequence (metric or image name + context) accepts a
+  step only if the run holds no value at that step yet (``track`` returns False otherwise).
+- **A dead server cannot stop training** (:mod:`.remote`). For ``aim://`` repos every Aim
+  call runs with a deadline, the server is probed before opening, at each new step and
+  before closing, and on the first failure the tracker warns once
+  (:class:`RemoteTrackingWarning`) and stops talking to it.
+- **Nothing is lost meanwhile** (:mod:`.journal`). For ``aim://`` repos every accepted point
+  is also appended to a local journal in ``fallback_dir``, deleted once the server confirms
   the closed run. A journal left behind is pushed into the run when it is re-attached with a
   reachable server, or explicitly with :func:`~mmplatform.tracking.replay.replay_fallback`
   (into the server, or into a local repo to browse with ``aim up``).
+
+This module only composes them around one ``aim.Run``; each is tested on its own.
 
 A local repo path is written directly (no deadline, no journal): a local disk error is a
 real error and is raised. Not thread-safe: one tracker is used by one thread.
@@ -34,20 +30,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmplatform.tracking.journal import Journal, JournalContents, context_key, read_journal
-from mmplatform.tracking.remote import (
-    DeadlineCaller,
-    RemoteUnavailable,
-    forget_remote,
-    install_exit_guard,
-    is_remote,
-    probe,
-)
+from mmplatform.tracking.journal import Journal, JournalContents, mark_replayed, read_journal
+from mmplatform.tracking.remote import RemoteUnavailable, ServerLink, is_remote
+from mmplatform.tracking.steps import SequenceKey, StepLedger, steps_in_run
+from mmplatform.tracking.values import checked_hparams, metric_value, to_plain
 
 logger = logging.getLogger(__name__)
 
-Scalar = bool | int | float | str | None
-SYSTEM_METRIC_PREFIX = "__system__"
 RUN_LIST_CACHE_S = 0.6
 """A little over the 0.5 s for which Aim 3.29.1 caches a repo's run list."""
 
@@ -56,58 +45,9 @@ class RemoteTrackingWarning(UserWarning):
     """The Aim server is unreachable; metrics are journaled locally instead."""
 
 
-def flatten_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
-    """Nested config -> flat ``{"model.aggregator": "mopoe", ...}``.
-
-    Lists and tuples become their JSON text: hparams stay small and flat (Aim's UI and
-    queries slow down with many or deep params), and a list is still comparable with ``==``.
-    """
-    import json
-
-    flat: dict[str, Scalar] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_hparams(value, prefix=f"{dotted}."))
-        elif isinstance(value, (list, tuple)):
-            flat[dotted] = json.dumps(_plain(value))
-        else:
-            flat[dotted] = _plain(value)
-    return flat
-
-
-def _plain(value: Any) -> Any:
-    """Numbers from torch/numpy -> Python numbers, recursively; Aim and JSON take only these."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "item"):  # numpy scalars, 0-d arrays and tensors
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in a run: {value!r}")
-
-
-def _check_hparams(hparams: Mapping[str, Any] | None) -> dict[str, Scalar]:
-    checked: dict[str, Scalar] = {}
-    for key, value in (hparams or {}).items():
-        value = _plain(value)
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"hparam {key!r} is not a scalar; pass flatten_hparams(config)")
-        checked[str(key)] = value
-    return checked
-
-
 def normalize_repo(repo: str | Path) -> str:
     """The form a repo is compared and recorded in: ``aim://...`` as is, paths absolute."""
     return repo if is_remote(repo) else str(Path(repo).expanduser().absolute())
-
-
-def _metric_value(value: Any) -> float:
-    # Always float: a sequence that gets an int first and a float later makes Aim rewrite
-    # its dtype (and warn) on every such switch.
-    return float(_plain(value))
 
 
 class Tracker:
@@ -119,7 +59,7 @@ class Tracker:
         run_name: the run's name in the Aim UI (e.g. ``<sweep>/<trial id> <aggregator>``);
             ``None`` leaves Aim's default (the hash).
         run_hash: the hash of a run to re-attach to (from the checkpoint), or None.
-        hparams: flat ``{name: scalar}``; see :func:`flatten_hparams`. Stored as
+        hparams: flat ``{name: scalar}``; see :func:`~mmplatform.tracking.values.flatten_hparams`. Stored as
             ``run["hparams"]`` and queryable as ``run.hparams.<name>``.
         fallback_dir: where the journal of a remote run lives; default
             ``<data root>/aim_fallback``. Put it on storage that outlives the worker
@@ -146,10 +86,8 @@ class Tracker:
         self.repo = normalize_repo(repo)
         self.experiment = experiment
         self.run_name = run_name
-        self.hparams = _check_hparams(hparams)
+        self.hparams = checked_hparams(hparams)
         self.remote = is_remote(self.repo)
-        self.timeout_s = timeout_s
-        self.probe_timeout_s = probe_timeout_s
         self.strict = strict
         if fallback_dir is None:
             from mmplatform.paths import data_root
@@ -158,17 +96,19 @@ class Tracker:
         self.fallback_dir = Path(fallback_dir).expanduser()
 
         self._run: Any = None
-        self._caller: DeadlineCaller | None = None
+        self._link: ServerLink | None = None
         self._journal: Journal | None = None
-        self._recorded: dict[tuple[str, str], set[int]] = {}
-        self._max_step = -1
+        self._steps = StepLedger()
+        self._newest_step = -1
         self._degraded = False
         self._closed = False
 
         if self.remote:
+            self._link = ServerLink(self.repo, timeout_s=timeout_s, probe_timeout_s=probe_timeout_s)
             self._open_remote(run_hash)
         else:
-            self._run, self._recorded = self._open_run(run_hash)
+            self._run, recorded = self._open_run(run_hash)
+            self._steps.update(recorded)
             self._run_hash = self._run.hash
 
     # ---------------------------------------------------------------- opening
@@ -179,12 +119,11 @@ class Tracker:
         if previous is not None:
             # An earlier replay may have put this run's records into another run.
             target = previous.replayed.get(self.repo, run_hash)
-        install_exit_guard()
-        self._caller = DeadlineCaller(name=f"aim-remote-{self.repo}")
-        reason = self._probe()
+        reason = self._link.check()
         if reason is None:
             try:
-                self._run, self._recorded = self._caller.call(self.timeout_s, self._open_run, target)
+                self._run, recorded = self._link.call(self._open_run, target)
+                self._steps.update(recorded)
             except RemoteUnavailable as error:
                 reason = str(error)
             except Exception as error:
@@ -214,7 +153,8 @@ class Tracker:
         path = Journal(self.fallback_dir, run_hash).path
         return read_journal(path) if path.exists() else None
 
-    def _open_run(self, run_hash: str | None) -> tuple[Any, dict[tuple[str, str], set[int]]]:
+    def _open_run(self, run_hash: str | None) -> tuple[Any, dict[SequenceKey, set[int]]]:
+        """Open (or re-attach) the ``aim.Run``; returns it with the steps it already holds."""
         from aim import Run
         from aim.sdk.errors import MissingRunError
 
@@ -244,10 +184,9 @@ class Tracker:
                         continue
                     logger.warning("run %s is not in %s; starting a new run", run_hash, self.repo)
         if run is None:
-            run = Run(**options)
-            recorded: dict[tuple[str, str], set[int]] = {}
+            run, recorded = Run(**options), {}
         else:
-            recorded = _recorded_steps(run)
+            recorded = steps_in_run(run)
         run["hparams"] = self.hparams
         if self.run_name:
             run.name = self.run_name
@@ -255,17 +194,13 @@ class Tracker:
 
     def _recover(self, previous: JournalContents) -> None:
         """Push a journal left by an earlier process into this run (deduped by step)."""
-        moved = previous.run_hash != self._run_hash
-        if not moved and self._run is None:
+        if previous.run_hash == self._run_hash and self._run is None:
             # Same journal, server still down: only learn which steps are already taken.
-            for key, steps in previous.recorded_steps().items():
-                self._recorded.setdefault(key, set()).update(steps)
+            self._steps.update(previous.recorded_steps())
             return
-        # Records go through the normal path: deduped against the run, journaled again only
-        # when they move to a new journal (this run got a new hash).
-        pushed = push_records(self, previous, journal=moved)
-        if moved:
-            _append_record(previous.path, {"kind": "replayed", "repo": self.repo, "run_hash": self._run_hash})
+        pushed = self.push_journal(previous)
+        if previous.run_hash != self._run_hash:
+            mark_replayed(previous.path, self.repo, self._run_hash)
         if pushed:
             logger.info("pushed %d journaled records of %s into run %s", pushed, previous.path, self._run_hash)
 
@@ -294,21 +229,6 @@ class Tracker:
         """Record several metrics with one context at one step; returns how many were new."""
         return self._track_metrics(metrics, step, context, journal=True)
 
-    def _track_metrics(self, metrics, step, context, *, journal: bool) -> int:
-        context = _plain(dict(context or {}))
-        step = self._check_step(step)
-        fresh = {name: _metric_value(value) for name, value in metrics.items() if self._is_new(name, context, step)}
-        if not fresh:
-            return 0
-        self._before_step(step)
-        for name, value in fresh.items():
-            if journal:
-                self._journal_append({"kind": "metric", "name": name, "context": context, "step": step, "value": value})
-            self._recorded.setdefault((name, context_key(context)), set()).add(step)
-        # One call for the whole dict: Aim sends it as one batch to the server.
-        self._call(self._run_track, fresh, step, context)
-        return len(fresh)
-
     def track_image(
         self,
         image: Any,
@@ -322,50 +242,50 @@ class Tracker:
 
         return self._track_image(to_pil(image), name, step, context, caption, journal=True)
 
-    def _track_image(self, pil_image, name, step, context, caption, *, journal: bool) -> bool:
-        context = _plain(dict(context or {}))
-        step = self._check_step(step)
-        if not self._is_new(name, context, step):
-            return False
-        self._before_step(step)
-        if journal and self._journal is not None:
-            path = self._journal.save_image(pil_image, name, step, context)
-            self._journal_append(
-                {"kind": "image", "name": name, "context": context, "step": step, "path": path, "caption": caption}
-            )
-        self._recorded.setdefault((name, context_key(context)), set()).add(step)
-        self._call(self._run_track_image, pil_image, name, step, context, caption)
-        return True
-
     def track_text(self, text: str, name: str, step: int, context: Mapping[str, Any] | None = None) -> bool:
         """Record a text (e.g. generated captions, one per line) at ``step``, as an Aim ``Text``."""
         return self._track_text(str(text), name, step, context, journal=True)
-
-    def _track_text(self, text: str, name: str, step: int, context, *, journal: bool) -> bool:
-        context = _plain(dict(context or {}))
-        step = self._check_step(step)
-        if not self._is_new(name, context, step):
-            return False
-        self._before_step(step)
-        if journal:
-            self._journal_append({"kind": "text", "name": name, "context": context, "step": step, "value": text})
-        self._recorded.setdefault((name, context_key(context)), set()).add(step)
-        self._call(self._run_track_text, text, name, step, context)
-        return True
 
     def set_summary(self, summary: Mapping[str, Any]) -> None:
         """Store the final summary as ``run["summary"]`` (queryable as ``run.summary.<key>``)."""
         self._set_summary(summary, journal=True)
 
-    def _set_summary(self, summary, *, journal: bool) -> None:
-        summary = _plain(dict(summary))
-        if journal:
-            self._journal_append({"kind": "summary", "value": summary})
-        self._call(self._run_setitem, "summary", summary)
-
     def set_property(self, key: str, value: Any) -> None:
         """Any other run-level value (``run[key] = value``); not journaled."""
-        self._call(self._run_setitem, key, _plain(value))
+        self._call(self._run_setitem, key, to_plain(value))
+
+    def push_journal(self, contents: JournalContents) -> int:
+        """Feed a journal's records through this run, deduped by step like any other point;
+        returns how many metric points, images and texts were new to the run.
+
+        The records are journaled again only when they come from another journal than this
+        tracker's own (a re-attach under a new hash): re-appending a journal to itself would
+        only grow it.
+        """
+        journal = self._journal is not None and contents.path != self._journal.path
+        pushed = 0
+        for record in contents.records:
+            kind = record["kind"]
+            if kind == "metric":
+                pushed += self._track_metrics(
+                    {record["name"]: record["value"]}, record["step"], record["context"], journal=journal
+                )
+            elif kind == "image":
+                from PIL import Image
+
+                with Image.open(contents.path.parent / record["path"]) as image:
+                    image.load()
+                    pushed += self._track_image(
+                        image, record["name"], record["step"], record["context"], record.get("caption"),
+                        journal=journal,
+                    )
+            elif kind == "text":
+                pushed += self._track_text(record["value"], record["name"], record["step"], record["context"],
+                                           journal=journal)
+            elif kind == "summary":
+                # Not counted: setting the same summary again changes nothing.
+                self._set_summary(record["value"], journal=journal)
+        return pushed
 
     def close(self) -> None:
         """Finish the run. For a remote run, a clean close means the server holds every
@@ -382,8 +302,8 @@ class Tracker:
                 self._journal.close()
             else:
                 self._journal.delete()
-        if self._caller is not None:
-            self._caller.stop()
+        if self._link is not None:
+            self._link.close()
 
     def __enter__(self) -> Tracker:
         return self
@@ -393,6 +313,55 @@ class Tracker:
 
     # ---------------------------------------------------------------- internals
 
+    def _track_metrics(self, metrics, step, context, *, journal: bool) -> int:
+        context = to_plain(dict(context or {}))
+        step = self._check_step(step)
+        fresh = {name: metric_value(value) for name, value in metrics.items()
+                 if not self._steps.has(name, context, step)}
+        if not fresh:
+            return 0
+        self._before_step(step)
+        for name, value in fresh.items():
+            if journal:
+                self._journal_append({"kind": "metric", "name": name, "context": context, "step": step, "value": value})
+            self._steps.add(name, context, step)
+        # One call for the whole dict: Aim sends it as one batch to the server.
+        self._call(self._run_track, fresh, step, context)
+        return len(fresh)
+
+    def _track_image(self, pil_image, name, step, context, caption, *, journal: bool) -> bool:
+        context = to_plain(dict(context or {}))
+        step = self._check_step(step)
+        if self._steps.has(name, context, step):
+            return False
+        self._before_step(step)
+        if journal and self._journal is not None:
+            path = self._journal.save_image(pil_image, name, step, context)
+            self._journal_append(
+                {"kind": "image", "name": name, "context": context, "step": step, "path": path, "caption": caption}
+            )
+        self._steps.add(name, context, step)
+        self._call(self._run_track_image, pil_image, name, step, context, caption)
+        return True
+
+    def _track_text(self, text: str, name: str, step: int, context, *, journal: bool) -> bool:
+        context = to_plain(dict(context or {}))
+        step = self._check_step(step)
+        if self._steps.has(name, context, step):
+            return False
+        self._before_step(step)
+        if journal:
+            self._journal_append({"kind": "text", "name": name, "context": context, "step": step, "value": text})
+        self._steps.add(name, context, step)
+        self._call(self._run_track_text, text, name, step, context)
+        return True
+
+    def _set_summary(self, summary, *, journal: bool) -> None:
+        summary = to_plain(dict(summary))
+        if journal:
+            self._journal_append({"kind": "summary", "value": summary})
+        self._call(self._run_setitem, "summary", summary)
+
     def _check_step(self, step: int) -> int:
         if self._closed:
             raise RuntimeError("tracker is closed")
@@ -401,29 +370,18 @@ class Tracker:
             raise ValueError(f"step must be >= 0, got {step}")
         return step
 
-    def _is_new(self, name: str, context: dict, step: int) -> bool:
-        return step not in self._recorded.get((name, context_key(context)), ())
-
     def _before_step(self, step: int) -> None:
         # One probe per epoch, not per metric: a server that died since the last epoch is
         # noticed here, before more points go into a queue nobody will drain.
-        if step > self._max_step:
-            self._max_step = step
+        if step > self._newest_step:
+            self._newest_step = step
             if self.remote and self._run is not None:
                 self._check_server(f"before step {step}")
 
     def _check_server(self, when: str) -> None:
-        reason = self._probe()
+        reason = self._link.check()
         if reason is not None:
             self._give_up(f"{when}: {reason}")
-
-    def _probe(self) -> str | None:
-        # Giving up lasts for the rest of the training, so one slow answer from a busy
-        # server is not enough: ask twice (a refused port fails both in microseconds).
-        reason = probe(self.repo, self.probe_timeout_s)
-        if reason is not None:
-            reason = probe(self.repo, self.probe_timeout_s)
-        return reason
 
     def _journal_append(self, record: dict) -> None:
         if self._journal is not None:
@@ -432,11 +390,11 @@ class Tracker:
     def _call(self, function, *args) -> None:
         if self._run is None:
             return
-        if self._caller is None:  # local repo
+        if self._link is None:  # local repo
             function(*args)
             return
         try:
-            self._caller.call(self.timeout_s, function, *args)
+            self._link.call(function, *args)
         except Exception as error:
             self._give_up(f"{getattr(function, '__name__', function)}: {type(error).__name__}: {error}")
 
@@ -444,11 +402,9 @@ class Tracker:
         if self._degraded:
             return
         self._degraded = True
-        if self._caller is not None:
-            self._caller.abandoned = True
         abandoned = [self._run, getattr(self._run, "repo", None)] if self._run is not None else []
         self._run = None
-        forget_remote(self.repo, *abandoned)
+        self._link.abandon(*abandoned)
         if self.strict:
             raise RemoteUnavailable(f"Aim server {self.repo} unreachable ({reason})")
         if self._journal is not None:
@@ -462,7 +418,7 @@ class Tracker:
         logger.warning(message)
         warnings.warn(message, RemoteTrackingWarning, stacklevel=4)
 
-    # Run methods, called through _call (and so, for remote runs, on the deadline thread).
+    # Run methods, called through _call (and so, for remote runs, on the link's thread).
 
     def _run_track(self, values: dict, step: int, context: dict) -> None:
         self._run.track(values, step=step, context=context)
@@ -494,66 +450,3 @@ def _forget_cached_run_list() -> None:
     cache_clear = getattr(Repo._all_run_hashes, "cache_clear", None)
     if cache_clear is not None:
         cache_clear()
-
-
-def _recorded_steps(run: Any) -> dict[tuple[str, str], set[int]]:
-    """Steps stored per (name, context) in the run: one read of the run's metadata for the
-    list of sequences, then one read of step keys per sequence (no values)."""
-
-    def collect(key: str) -> dict:
-        try:
-            return run.meta_run_tree.collect(key) or {}
-        except KeyError:  # a run with nothing tracked yet
-            return {}
-
-    contexts = collect("contexts")
-    recorded: dict[tuple[str, str], set[int]] = {}
-    for context_id, sequences in collect("traces").items():
-        context = contexts.get(context_id, {})
-        for name, info in sequences.items():
-            if name.startswith(SYSTEM_METRIC_PREFIX):
-                continue
-            # Aim stores numbers (version 2) keyed by a hash of the step, with the step in a
-            # "step" column; other objects (version 1, images) keyed by the step itself. For
-            # those the small "time" column gives the keys without fetching the images
-            # (and a keys-only read of a remote array fails server-side in 3.29.1).
-            version = info.get("version", 1)
-            series = run.series_run_trees[version].subtree((context_id, name))
-            if version == 2:
-                steps = series.array("step", dtype="int64").values_list()
-            else:
-                steps = series.array("time").sparse_list()[0]
-            recorded[(name, context_key(context))] = {int(step) for step in steps}
-    return recorded
-
-
-def push_records(tracker: Tracker, contents: JournalContents, *, journal: bool) -> int:
-    """Feed a journal's records through ``tracker`` (its dedupe skips steps already there);
-    returns how many metric points and images were new to the run."""
-    pushed = 0
-    for record in contents.records:
-        kind = record["kind"]
-        if kind == "metric":
-            pushed += tracker._track_metrics({record["name"]: record["value"]}, record["step"], record["context"], journal=journal)
-        elif kind == "image":
-            from PIL import Image
-
-            with Image.open(contents.path.parent / record["path"]) as image:
-                image.load()
-                pushed += tracker._track_image(
-                    image, record["name"], record["step"], record["context"], record.get("caption"), journal=journal
-                )
-        elif kind == "text":
-            pushed += tracker._track_text(record["value"], record["name"], record["step"], record["context"], journal=journal)
-        elif kind == "summary":
-            # Not counted: setting the same summary again changes nothing.
-            tracker._set_summary(record["value"], journal=journal)
-    return pushed
-
-
-def _append_record(path: Path, record: dict) -> None:
-    import json
-    import time
-
-    with Path(path).open("a", encoding="utf-8") as file:
-        file.write(json.dumps({"time": time.time(), **record}) + "\n")
