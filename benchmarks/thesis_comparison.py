@@ -125,7 +125,7 @@ SETTINGS: dict[str, dict] = {
     # Laplace(0.75), coupling widths scaled with the latent (0.4: 64 -> 26, 512 -> 205), and
     # 8 epochs x 200 steps of batch 128 = 1,600 steps (25.6 passes over the 4,000 train tuples).
     "learns": {"latent_dim": 512, "poe_latent_dim": 205, "width_scale": 0.4, "networks": "polymnist_conv_heads",
-               "likelihood": "gaussian:0.1", "epochs": 8, "steps_per_epoch": 200,
+               "likelihood": "gaussian:0.1", "epochs": 8, "steps_per_epoch": 200, "repeat_seeds": [1],
                "out": RESULTS / "thesis_comparison_learns.json"},
 }
 
@@ -143,7 +143,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poe-latent-dim", type=int, default=26, help="thesis: 512 (= 1280 x 0.4)")
     parser.add_argument("--width-scale", type=float, default=0.25, help="coupling width factor (64->16, 512->128)")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed of every method's run")
+    parser.add_argument("--repeat-seeds", type=int, nargs="*", default=[],
+                        help="further seeds for --repeat-methods, so a reader can tell an ordering from noise "
+                             "(learns: 1)")
+    parser.add_argument("--repeat-methods", nargs="+", default=["mopoe", "mopgfm"], choices=METHODS)
     parser.add_argument("--eval-every", type=int, default=0, help="0: evaluate only after the last epoch")
     parser.add_argument("--prd-runs", type=int, default=3, help="thesis/platform default: 10")
     parser.add_argument("--probe-train-samples", type=int, default=1000)
@@ -177,7 +181,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "methods": ["mopoe", "poe", "mopgfm"], "work_dir": None, "digits": 100, "epochs": 1, "steps_per_epoch": 1,
         "batch_size": 16, "latent_dim": 8, "poe_latent_dim": 4, "prd_runs": 1, "probe_train_samples": 50,
         "random_coherence_samples": 50, "sample_limit": 50, "classifier_epochs": 1, "min_classifier_score": 0.0,
-        "cpus": 1.0,
+        "cpus": 1.0, "repeat_methods": ["mopoe"],
     }, argv)
     if args.likelihood is not None:
         kind, _, scale = args.likelihood.partition(":")
@@ -212,18 +216,19 @@ def method_settings(method: str, args: argparse.Namespace) -> dict:
     return model
 
 
-def build_train_config(method: str, args: argparse.Namespace, data_root: Path, clf_dir: Path, run_tag: str):
+def build_train_config(method: str, seed: int, args: argparse.Namespace, data_root: Path, clf_dir: Path,
+                       run_tag: str):
     from mmplatform.config import build_config
 
     work = args.work_dir
     every = args.eval_every if args.eval_every > 0 else args.epochs
     return build_config({
-        "name": f"thesis-{method}-{run_tag}",  # unique: the same name would resume
+        "name": f"thesis-{method}-seed{seed}-{run_tag}",  # unique: the same name would resume
         "storage_path": str(work / "ray_results"),
         "data": {"path": str(data_root), "batch_size": args.batch_size, "steps_per_epoch": args.steps_per_epoch,
                  "loader_workers": 0, "eval_batch_size": 250},
         "model": method_settings(method, args),
-        "training": {"epochs": args.epochs, "learning_rate": args.learning_rate, "seed": args.seed,
+        "training": {"epochs": args.epochs, "learning_rate": args.learning_rate, "seed": seed,
                      "max_failures": 0},
         "evaluation": {
             "every_n_epochs": every,
@@ -279,12 +284,12 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict]:
                                 "classifier_test_accuracy": accuracy}
 
 
-def run_method(method: str, args: argparse.Namespace, data_root: Path, clf_dir: Path, run_tag: str) -> dict:
+def run_method(method: str, seed: int, args: argparse.Namespace, data_root: Path, clf_dir: Path, run_tag: str) -> dict:
     from mmplatform.training.launcher import fit
 
-    config = build_train_config(method, args, data_root, clf_dir, run_tag)
+    config = build_train_config(method, seed, args, data_root, clf_dir, run_tag)
     t0 = time.perf_counter()
-    entry: dict = {"settings": config.model.model_dump(mode="json")}
+    entry: dict = {"seed": config.training.seed, "settings": config.model.model_dump(mode="json")}
     try:
         result = fit(config)
         entry["error"] = None if result.error is None else repr(result.error)
@@ -429,6 +434,10 @@ def thesis_claims(methods: dict) -> list[tuple[str, bool | None, str]]:
     claims.append(("Coherence missing: mopgfm best", top(cm, {"mopgfm"}), show(cm)))
     claims.append(("Coherence missing: mopgfm, mogfm_amortized, iwmogfm are the best three",
                    top(cm, {"mopgfm", "mogfm_amortized", "iwmogfm"}), show(cm)))
+    fmeans = {"mofop", "mopgfm", "mogfm_amortized", "iwmogfm"}
+    have = all(cm.get(m) is not None for m in (*fmeans, "mopoe", "moe", "poe"))
+    claims.append(("Coherence missing: f-mean aggregators above mopoe above moe above poe",
+                   None if not have else min(cm[m] for m in fmeans) > cm["mopoe"] > cm["moe"] > cm["poe"], show(cm)))
     cr = get("coherence", "reconstruction")
     claims.append(("Coherence reconstruction: mogfm_amortized and iwmogfm are the best two",
                    top(cr, {"mogfm_amortized", "iwmogfm"}), show(cr)))
@@ -454,6 +463,68 @@ def thesis_claims(methods: dict) -> list[tuple[str, bool | None, str]]:
 
 
 CHANCE = 0.1  # 10 digit classes, balanced test set
+LEARNED_PROBE = 0.5
+"""Mean latent probe above which a method counts as having learned the digit (issue 18)."""
+SPREAD_CRITERIA = {
+    "latent mean": lambda e: _mean(list(e["latent_accuracy"].values())),
+    "coh. missing": lambda e: e["coherence"]["missing"],
+    "coh. reconstruction": lambda e: e["coherence"]["reconstruction"],
+    "coh. random": lambda e: e["coherence"]["random"],
+    "PRD missing": lambda e: e["prd"]["missing"],
+}
+
+
+def repeats_phrase(report: dict) -> str:
+    repeats = report.get("seed_repeats") or {}
+    if not repeats:
+        return ", 1 run per method"
+    seeds = sorted({int(seed) for runs in repeats.values() for seed in runs})
+    return (f" for every method; {', '.join(sorted(repeats))} also at seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))}")
+
+
+def runs_by_seed(report: dict, method: str) -> dict[int, dict]:
+    primary = report["settings"]["seed"]
+    runs = {primary: report["methods"][method]} if method in report["methods"] else {}
+    runs.update({int(seed): entry for seed, entry in report.get("seed_repeats", {}).get(method, {}).items()})
+    return dict(sorted(runs.items()))
+
+
+def seed_spread(report: dict) -> dict:
+    """Per repeated method and criterion: the value at each seed and the spread (max - min);
+    per pair of repeated methods: whether their order is the same at every seed."""
+    methods = [m for m in METHODS if report.get("seed_repeats", {}).get(m)]
+    values = {m: {c: {seed: get(e) for seed, e in runs_by_seed(report, m).items() if not e.get("error")}
+                  for c, get in SPREAD_CRITERIA.items()} for m in methods}
+    spread = {m: {c: (max(v.values()) - min(v.values()) if len(v) > 1 and None not in v.values() else None)
+                  for c, v in by_c.items()} for m, by_c in values.items()}
+    orders = {}
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            for c in SPREAD_CRITERIA:
+                seeds = sorted(set(values[a][c]) & set(values[b][c]))
+                gaps = [values[a][c][seed] - values[b][c][seed] for seed in seeds
+                        if values[a][c][seed] is not None and values[b][c][seed] is not None]
+                if gaps:
+                    orders[f"{a} - {b}: {c}"] = {"gaps": gaps, "same_order": all(g > 0 for g in gaps) or all(g < 0 for g in gaps)}
+    return {"values": values, "spread": spread, "orders": orders}
+
+
+def seed_spread_markdown(report: dict) -> str:
+    spread = seed_spread(report)
+    lines = ["| Method | seed | " + " | ".join(SPREAD_CRITERIA) + " |", "|" + "---|" * (len(SPREAD_CRITERIA) + 2)]
+    for method, by_criterion in spread["values"].items():
+        seeds = sorted({seed for v in by_criterion.values() for seed in v})
+        for seed in seeds:
+            lines.append(f"| {method} | {seed} | " + " | ".join(_fmt(by_criterion[c].get(seed)) for c in SPREAD_CRITERIA) + " |")
+        lines.append(f"| {method} | spread (max - min) | "
+                     + " | ".join(_fmt(spread["spread"][method][c]) for c in SPREAD_CRITERIA) + " |")
+    if spread["orders"]:
+        lines += ["", "| Difference | per seed | same order at every seed |", "|---|---|---|"]
+        for name, order in spread["orders"].items():
+            lines.append(f"| {name} | {', '.join(f'{g:+.3f}' for g in order['gaps'])} | "
+                         f"{'yes' if order['same_order'] else 'no: noise at this budget'} |")
+    return "\n".join(lines)
 
 
 def auto_comparison(report: dict) -> str:
@@ -495,8 +566,9 @@ def auto_comparison(report: dict) -> str:
             text += "; disagrees: " + "; ".join(c.split(": ", 1)[-1] for c in disagree)
         parts.append(text + ".")
     s = report["settings"]
+    seeds = "one seed" if not report.get("seed_repeats") else "one seed for most methods"
     parts.append(
-        f"Caveat: one seed and {s['epochs']} epochs over 4,000 tuples (the thesis: 2 seeds x 500 epochs over 60,000, "
+        f"Caveat: {seeds} and {s['epochs']} epochs over 4,000 tuples (the thesis: 2 seeds x 500 epochs over 60,000, "
         "latent 1280). The thesis's own standard deviations are 0.002-0.1, and its orderings are those of converged "
         "models; early in training the methods with flows and without KL (mogfm_amortized, iwmogfm) and those with "
         "large KL weight differ mostly in how fast they start to encode the digit. Treat agreements as weak evidence "
@@ -515,14 +587,22 @@ def render_markdown(report: dict) -> str:
         f"{s['cpus']:g} CPUs) at an equal budget: {s['epochs']} epochs x {s['steps_per_epoch']} steps x batch "
         f"{s['batch_size']} (= {s['epochs'] * s['steps_per_epoch'] * s['batch_size']:,} tuples seen, "
         f"~{s['epochs'] * s['steps_per_epoch'] * s['batch_size'] / 4000:.1f} passes over 4,000 train tuples), "
-        f"lr {s['learning_rate']:g}, seed {s['seed']}, 1 run per method. Evaluated once after the last epoch on "
+        f"lr {s['learning_rate']:g}, seed {s['seed']}{repeats_phrase(report)}. Evaluated once after the last epoch on "
         f"{'all 1,000' if s['sample_limit'] is None else s['sample_limit']} test tuples. "
         f"Total wall time {report['total_wall_s'] / 60:.1f} min on {report['host']['cpu_count']} shared cores."
     )
     md.append("")
-    md.append("**This is a smoke-scale replication (1 seed, a few epochs instead of 500, latent 64 instead of 1280, "
-              "4,000 instead of 60,000 training tuples); differences of a few points are within run-to-run noise "
-              "and early-training orderings need not match converged ones.**")
+    if s.get("setting") == "learns":
+        md.append(f"**A scaled version, not the thesis's setting: latent {s['latent_dim']} instead of 1280, the "
+                  f"conv-head encoder (`{s['networks']}`), likelihood {s['likelihood']} instead of Laplace 0.75, "
+                  f"{s['epochs'] * s['steps_per_epoch']:,} steps instead of 500 epochs, 4,000 instead of 60,000 "
+                  "training tuples: chosen so that every method learns the digit within a CPU budget. Orderings "
+                  "early in training need not match converged ones; the seed spread below says which gaps are "
+                  "noise.**")
+    else:
+        md.append(f"**This is a smoke-scale replication (a few epochs instead of 500, latent {s['latent_dim']} "
+                  "instead of 1280, 4,000 instead of 60,000 training tuples); differences of a few points are within "
+                  "run-to-run noise and early-training orderings need not match converged ones.**")
     variants = [note for note in report["scaling_notes"] if note.startswith("VARIANT")]
     if variants:
         md += ["", "**" + " ".join(variants) + "**"]
@@ -555,6 +635,12 @@ def render_markdown(report: dict) -> str:
     md.append(_table(["Method", "Missing Mod", "Reconstruction", "Random"],
                      [(name[m], [methods[m]["prd"][k] for k in KINDS]) for m in order]))
 
+    below = {m: v for m, v in report["orderings"]["latent accuracy (mean of 7 subsets)"]["values"].items()
+             if v is None or v < LEARNED_PROBE}
+    md += ["", f"Every method learns the digit (mean latent probe >= {LEARNED_PROBE}): "
+           + ("yes." if not below else "no: " + ", ".join(f"{m} {_fmt(v)}" for m, v in below.items()) + ".")]
+    if report.get("seed_repeats"):
+        md += ["", "## Seed spread", "", seed_spread_markdown(report)]
     md += ["", "## Thesis values (Tables 6.1-6.3, 500 epochs, mean of 2 runs) for reference", ""]
     md.append(_table(["Method"] + SUBSETS, [(name[m], THESIS_LATENT[m]) for m in order]))
     md += [""]
@@ -581,7 +667,8 @@ def render_markdown(report: dict) -> str:
         md.append(f"| {claim} | {'n/a' if holds is None else ('agrees' if holds else 'disagrees')} | {evidence} |")
     if report.get("comparison_text"):
         md += ["", "## Notes", "", report["comparison_text"]]
-    md += ["", "## Reproduce", "", f"```\n{report['command']}\n```", ""]
+    commands = report.get("commands") or [report["command"]]
+    md += ["", "## Reproduce", "", "```\n" + "\n".join(commands) + "\n```", ""]
     return "\n".join(md)
 
 
@@ -614,11 +701,66 @@ def variant_notes(args: argparse.Namespace) -> list[str]:
 
 def write_outputs(report: dict, out: Path | None) -> None:
     report["orderings"] = orderings(report["methods"])
+    report["seed_spread"] = seed_spread(report)
     if out is None:  # --smoke without --out: nothing written
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     out.with_suffix(".md").write_text(render_markdown(report))
+
+
+MERGE_MAY_DIFFER = {"methods", "seed", "repeat_seeds", "repeat_methods", "merge", "out", "work_dir", "smoke",
+                    "render_only", "comparison_text"}
+"""Settings a run merged into a report may change; any other must equal the report's."""
+
+
+def planned_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(method, seed): every method at ``--seed``, then ``--repeat-methods`` at each repeat seed."""
+    runs = [(method, args.seed) for method in args.methods]
+    for seed in args.repeat_seeds:
+        if seed != args.seed:
+            runs += [(method, seed) for method in args.methods if method in args.repeat_methods]
+    return runs
+
+
+def start_report(args: argparse.Namespace, argv: list[str] | None, classifiers: dict, previous: dict | None) -> dict:
+    """A new report, or ``previous`` (``--merge``) with this run's command added.
+
+    A merged run must have the report's settings except which methods and seeds it runs, so
+    that the tables compare like with like; the report keeps the settings of its first run,
+    whose seed is the primary one (the main tables), and every command that fed it.
+    """
+    command = " ".join([".venv/bin/python", "benchmarks/thesis_comparison.py", *(argv or sys.argv[1:])])
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if previous is None:
+        return {
+            "benchmark": "thesis_comparison",
+            "commands": [command],
+            "settings": settings,
+            "scaling_notes": SCALING_NOTES + variant_notes(args),
+            "classifiers": classifiers,
+            "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "methods": {},
+            "seed_repeats": {},
+        }
+    report, theirs = previous, previous["settings"]
+    differing = sorted(k for k in set(settings) & set(theirs) if k not in MERGE_MAY_DIFFER and settings[k] != theirs[k])
+    if differing:
+        raise SystemExit(f"--merge: {args.out.with_suffix('.json')} was made with other settings "
+                         f"({', '.join(f'{k}={theirs[k]!r}' for k in differing)}); run with those, "
+                         "or write another --out")
+    report["commands"] = [*report.pop("commands", [report.pop("command", None)] if "command" in report else []),
+                          command]
+    report.setdefault("seed_repeats", {})
+    return report
+
+
+def store_entry(report: dict, method: str, entry: dict) -> None:
+    """The primary seed's runs fill the main tables; other seeds go to ``seed_repeats``."""
+    if entry["seed"] == report["settings"]["seed"]:
+        report["methods"][method] = entry
+    else:
+        report["seed_repeats"].setdefault(method, {})[str(entry["seed"])] = entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,34 +791,26 @@ def compare(args: argparse.Namespace, argv: list[str] | None) -> int:
     ensure_ray()
     try:
         data_root, clf_dir, classifiers = prepare(args)
-        report: dict = {}
         json_path = args.out.with_suffix(".json") if args.out is not None else None
-        if args.merge and json_path is not None and json_path.exists():
-            report = json.loads(json_path.read_text())
-        report.update({
-            "benchmark": "thesis_comparison",
-            "command": " ".join([".venv/bin/python", "benchmarks/thesis_comparison.py", *(argv or sys.argv[1:])]),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "scaling_notes": SCALING_NOTES + variant_notes(args),
-            "classifiers": classifiers,
-            "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        })
-        report.setdefault("methods", {})
+        previous = json.loads(json_path.read_text()) if args.merge and json_path is not None and json_path.exists() else None
+        report = start_report(args, argv, classifiers, previous)
         run_tag = time.strftime("%Y%m%d-%H%M%S")
-        for method in args.methods:
-            print(f"=== {method}", flush=True)
-            entry = run_method(method, args, data_root, clf_dir, run_tag)
-            report["methods"][method] = entry
-            print(f"{method}: {entry['wall_s']}s error={entry['error']} latent={entry['latent_accuracy']} "
+        wall_before = report.get("total_wall_s", 0.0)
+        for method, seed in planned_runs(args):
+            print(f"=== {method} seed {seed}", flush=True)
+            entry = run_method(method, seed, args, data_root, clf_dir, run_tag)
+            store_entry(report, method, entry)
+            print(f"{method} seed {seed}: {entry['wall_s']}s error={entry['error']} latent={entry['latent_accuracy']} "
                   f"coherence={entry['coherence']} prd={entry['prd']}", flush=True)
-            report["total_wall_s"] = round(time.perf_counter() - start, 1)
+            report["total_wall_s"] = round(wall_before + time.perf_counter() - start, 1)
             write_outputs(report, args.out)
-        report["total_wall_s"] = round(time.perf_counter() - start, 1)
+        report["total_wall_s"] = round(wall_before + time.perf_counter() - start, 1)
         write_outputs(report, args.out)
         if args.out is not None:
             print(f"wrote {args.out.with_suffix('.md')} in {report['total_wall_s'] / 60:.1f} min", flush=True)
         print(json.dumps(report, default=str), flush=True)  # the one JSON object, last on stdout
-        return 0 if all(e.get("error") is None for e in report["methods"].values()) else 1
+        entries = [*report["methods"].values(), *(e for seeds in report["seed_repeats"].values() for e in seeds.values())]
+        return 0 if all(e.get("error") is None for e in entries) else 1
     finally:
         ray.shutdown()
 

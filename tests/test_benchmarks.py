@@ -235,6 +235,19 @@ def check_thesis_comparison(result: dict, out: Path) -> None:
         assert ordering["spearman"] is None or -1 <= ordering["spearman"] <= 1, (criterion, ordering)
     markdown = out.with_suffix(".md").read_text()
     assert "## Ordering: ours vs thesis" in markdown and "## Table 6.1" in markdown
+    settings = result["settings"]
+    repeated = {m: seeds for m, seeds in result["seed_repeats"].items()}
+    expected = {m: {str(seed) for seed in settings["repeat_seeds"] if seed != settings["seed"]}
+                for m in settings["repeat_methods"] if m in methods and set(settings["repeat_seeds"]) - {settings["seed"]}}
+    assert {m: set(seeds) for m, seeds in repeated.items()} == expected
+    for method, seeds in repeated.items():
+        for seed, entry in seeds.items():
+            assert entry["error"] is None and entry["seed"] == int(seed) != methods[method]["seed"]
+            latent = result["seed_spread"]["values"][method]["latent mean"]
+            assert latent[seed] == pytest.approx(sum(entry["latent_accuracy"].values()) / len(subsets))
+            spread = result["seed_spread"]["spread"][method]["latent mean"]
+            assert spread == pytest.approx(max(latent.values()) - min(latent.values()))
+    assert ("## Seed spread" in markdown) == bool(expected)
 
 
 def check_train_step(result: dict, out: Path) -> None:
