@@ -111,18 +111,20 @@ class AimServer:
         self._signal_group(signal.SIGKILL)
 
 
-def start_aim_server(repo_path: Path, attempts: int = 3) -> AimServer:
+def start_aim_server(repo_path: Path, attempts: int = 3, port: int | None = None) -> AimServer:
     """Start ``aim server`` for ``repo_path`` on a free port; return once it answers.
 
     ``aim server -y`` initialises a missing repo itself (what ``aim init`` would do, without
     paying a second interpreter start-up). Retries on another port if the chosen one was
-    taken between choosing and binding.
+    taken between choosing and binding. ``port``: that port only (a server restarted where its
+    clients expect it), retried on the same port.
     """
     repo_path = Path(repo_path)
     repo_path.mkdir(parents=True, exist_ok=True)
     last_log = ""
+    chosen = port
     for attempt in range(attempts):
-        port = free_port()
+        port = chosen or free_port()
         log_path = repo_path.parent / f"aim-server-{port}.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
@@ -153,11 +155,12 @@ def aim_server(tmp_path_factory) -> AimServer:
 
 @pytest.fixture
 def aim_server_factory(tmp_path):
-    """``start(repo_path=None)`` -> a server of this test's own; all are stopped afterwards."""
+    """``start(repo_path=None, port=None)`` -> a server of this test's own (``port``: restart one
+    where its clients expect it); all are stopped afterwards."""
     servers: list[AimServer] = []
 
-    def start(repo_path: Path | None = None) -> AimServer:
-        server = start_aim_server(repo_path or tmp_path / f"aim_repo_{len(servers)}")
+    def start(repo_path: Path | None = None, port: int | None = None) -> AimServer:
+        server = start_aim_server(repo_path or tmp_path / f"aim_repo_{len(servers)}", port=port)
         servers.append(server)
         return server
 

@@ -345,6 +345,33 @@ TRAINING_THAT_LOSES_ITS_SERVER = textwrap.dedent(
 )
 
 
+def test_a_restarted_server_gets_the_run_back_without_a_replay(aim_server_factory, tmp_path, request):
+    # The server dies after epoch 0 and is back (same port, same repo) before epoch 2: the
+    # tracker journals epoch 1, re-attaches at epoch 2 and pushes it; nothing is left to replay.
+    experiment, fallback = unique_experiment(request), tmp_path / "fallback"
+    server = aim_server_factory()
+    tracker = Tracker(server.url, experiment, hparams=HPARAMS, fallback_dir=fallback, timeout_s=10,
+                      probe_timeout_s=1, reconnect_every_s=0)
+    assert tracker.track_many({"coherence": 0.25, "loss": 3.0}, 0, MISSING) == 2
+    server.kill()
+    with pytest.warns(RemoteTrackingWarning):
+        assert tracker.track_many({"coherence": 0.5, "loss": 2.0}, 1, MISSING) == 2
+    assert tracker.degraded
+    aim_server_factory(server.repo_path, port=server.port)
+    assert tracker.track_many({"coherence": 0.75, "loss": 1.0}, 2, MISSING) == 2
+    assert not tracker.degraded
+    assert tracker.track(0.99, "coherence", 1, MISSING) is False  # epoch 1 went in from the journal
+    tracker.set_summary({"best_coherence": 0.75})
+    tracker.close()
+    assert list(iter_journals(fallback)) == []  # the server confirmed every point
+
+    reindex(server.url)
+    (run,) = query_runs(server.url, f'run.experiment == "{experiment}"')
+    assert run.run_hash == tracker.run_hash and run.summary == {"best_coherence": 0.75}
+    assert check_steps(server.url, experiment, "coherence", MISSING) == [(run.run_hash, [0, 1, 2], [0.25, 0.5, 0.75])]
+    assert check_steps(server.url, experiment, "loss", MISSING) == [(run.run_hash, [0, 1, 2], [3.0, 2.0, 1.0])]
+
+
 def test_server_killed_mid_run_training_goes_on_and_exits(aim_server_factory, tmp_path, request):
     # The training runs in its own process, as it does on the cluster: besides tracking
     # promptly, it must be able to exit (Aim's exit cleanup alone waits forever for a

@@ -8,7 +8,9 @@
 - **A dead server cannot stop training** (:mod:`.remote`). For ``aim://`` repos every Aim
   call runs with a deadline, the server is probed before opening, at each new step and
   before closing, and on the first failure the tracker warns once
-  (:class:`RemoteTrackingWarning`) and stops talking to it.
+  (:class:`RemoteTrackingWarning`) and stops talking to it. It asks again at a new step at
+  most every ``reconnect_every_s`` and at close: a server that is back (restarted) gets the
+  run re-attached and the journal pushed into it, so a restart costs no point and no replay.
 - **Nothing is lost meanwhile** (:mod:`.journal`). For ``aim://`` repos every accepted point
   is also appended to a local journal in ``fallback_dir``, deleted once the server confirms
   the closed run. A journal left behind is pushed into the run when it is re-attached with a
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mmplatform.tracking.journal import Journal, JournalContents, mark_replayed, read_journal
-from mmplatform.tracking.remote import RemoteUnavailable, ServerLink, is_remote
+from mmplatform.tracking.remote import RemoteUnavailable, ServerLink, is_remote, probe
 from mmplatform.tracking.steps import SequenceKey, StepLedger, steps_in_run
 from mmplatform.tracking.values import checked_hparams, metric_value, to_plain
 
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 RUN_LIST_CACHE_S = 0.6
 """A little over the 0.5 s for which Aim 3.29.1 caches a repo's run list."""
+RECONNECT_EVERY_S = 30.0
+"""How often a tracker that gave its server up asks whether it is back (one probe, at a new step)."""
 
 
 class RemoteTrackingWarning(UserWarning):
@@ -66,6 +70,8 @@ class Tracker:
             (the trial's results directory); JSON lines are safe on NFS.
         timeout_s: deadline of each remote Aim call (opening, closing included).
         probe_timeout_s: deadline of the HTTP liveness probe.
+        reconnect_every_s: after giving the server up, the least time between two attempts
+            to re-attach (made at a new step, and always at close).
         strict: raise :class:`~mmplatform.tracking.remote.RemoteUnavailable` instead of
             falling back, and keep no journal (used by replay, which is the fallback).
     """
@@ -81,6 +87,7 @@ class Tracker:
         run_name: str | None = None,
         timeout_s: float = 30.0,
         probe_timeout_s: float = 3.0,
+        reconnect_every_s: float = RECONNECT_EVERY_S,
         strict: bool = False,
     ):
         self.repo = normalize_repo(repo)
@@ -88,6 +95,9 @@ class Tracker:
         self.run_name = run_name
         self.hparams = checked_hparams(hparams)
         self.remote = is_remote(self.repo)
+        self.timeout_s = timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        self.reconnect_every_s = reconnect_every_s
         self.strict = strict
         if fallback_dir is None:
             from mmplatform.paths import data_root
@@ -102,9 +112,9 @@ class Tracker:
         self._newest_step = -1
         self._degraded = False
         self._closed = False
+        self._next_reconnect = 0.0
 
         if self.remote:
-            self._link = ServerLink(self.repo, timeout_s=timeout_s, probe_timeout_s=probe_timeout_s)
             self._open_remote(run_hash)
         else:
             self._run, recorded = self._open_run(run_hash)
@@ -114,6 +124,7 @@ class Tracker:
     # ---------------------------------------------------------------- opening
 
     def _open_remote(self, run_hash: str | None) -> None:
+        self._link = ServerLink(self.repo, timeout_s=self.timeout_s, probe_timeout_s=self.probe_timeout_s)
         previous = self._previous_journal(run_hash)
         target = run_hash
         if previous is not None:
@@ -292,6 +303,8 @@ class Tracker:
         point (Aim flushes its queue), so the journal is deleted; otherwise it stays."""
         if self._closed:
             return
+        if self._degraded:
+            self._reconnect(at_close=True)
         self._closed = True
         if self._run is not None:
             if self.remote:
@@ -377,11 +390,32 @@ class Tracker:
             self._newest_step = step
             if self.remote and self._run is not None:
                 self._check_server(f"before step {step}")
+            elif self._degraded:
+                self._reconnect(at_close=False)
 
     def _check_server(self, when: str) -> None:
         reason = self._link.check()
         if reason is not None:
             self._give_up(f"{when}: {reason}")
+
+    def _reconnect(self, *, at_close: bool) -> None:
+        """Re-attach to a server that is back, as a restarted trial would: open the run by its
+        hash, learn the steps the server really holds, push the journal (deduped by step)."""
+        if self.strict or self._journal is None:
+            return
+        now = time.monotonic()
+        if not at_close and now < self._next_reconnect:
+            return
+        self._next_reconnect = now + self.reconnect_every_s
+        if probe(self.repo, self.probe_timeout_s) is not None:
+            return
+        self._journal.close()
+        self._journal, self._degraded, self._steps = None, False, StepLedger()
+        given_up = self._run_hash
+        self._open_remote(given_up)
+        if not self._degraded:
+            logger.warning("Aim server %s is back: run %s re-attached and its journal pushed", self.repo,
+                           self._run_hash)
 
     def _journal_append(self, record: dict) -> None:
         if self._journal is not None:
