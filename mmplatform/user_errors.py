@@ -34,8 +34,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from data_pipelines.shard_source import ShardError
     from mmplatform.classifier_gate import ClassifierError
     from mmplatform.config import ConfigError
+    from mmplatform.training.checkpointing import CheckpointWriteError
 
-    return ConfigError, ManifestError, ShardError, ClassifierError
+    return ConfigError, ManifestError, ShardError, ClassifierError, CheckpointWriteError
 
 
 def first_line(error: BaseException) -> str:

@@ -107,7 +107,7 @@ class LocalRayCluster:
                 continue
         return found
 
-    def stop(self) -> None:
+    def _processes_and_children(self) -> dict[int, psutil.Process]:
         processes = self.processes()
         children = []
         for process in processes:
@@ -115,7 +115,22 @@ class LocalRayCluster:
                 children.extend(process.children(recursive=True))
             except psutil.NoSuchProcess:
                 pass
-        everything = {p.pid: p for p in processes + children}
+        return {p.pid: p for p in processes + children}
+
+    def kill(self) -> list[int]:
+        """Crash this cluster's (or node's) processes: SIGKILL by PID, no goodbye to the GCS.
+        Returns the PIDs killed."""
+        everything = self._processes_and_children()
+        for process in everything.values():
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(list(everything.values()), timeout=15)
+        return sorted(everything)
+
+    def stop(self) -> None:
+        everything = self._processes_and_children()
         for process in everything.values():
             try:
                 process.terminate()
@@ -130,16 +145,29 @@ class LocalRayCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_local_cluster(num_cpus: int = LOGICAL_CPUS) -> LocalRayCluster:
+def machine_address() -> str:
+    """This machine's own (non-loopback) IPv4 address: what the nodes of a multi-node cluster on
+    one machine must use. Connecting a UDP socket only picks the route; nothing is sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: any routable address picks the interface
+        return probe.getsockname()[0]
+
+
+def start_local_cluster(num_cpus: int = LOGICAL_CPUS, node_ip: str = "127.0.0.1") -> LocalRayCluster:
+    """A head node. ``node_ip`` other than loopback (:func:`machine_address`) starts it in Ray's
+    multi-node mode, which other nodes can join (:func:`start_worker_node`): Ray's single-host
+    mode, which keeps every address on loopback, refuses a second node."""
     # Ray's socket paths must stay short: a pytest tmp_path is too long.
     temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     gcs_port, dashboard_port = free_port(), free_port()
     min_worker, max_worker = free_port_range(40)
-    address = f"127.0.0.1:{gcs_port}"
+    address = f"{node_ip}:{gcs_port}"
     venv_bin = str(Path(sys.executable).parent)
     env = dict(os.environ)
     for key, value in session_env().items():
         env.setdefault(key, value)  # keep the test session's token when it set one
+    if node_ip != "127.0.0.1":
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
     env.update(
         RAY_ADDRESS=address,
         # `ray job submit` entrypoints run `python` from the cluster's PATH: the venv's.
@@ -147,7 +175,7 @@ def start_local_cluster(num_cpus: int = LOGICAL_CPUS) -> LocalRayCluster:
     )
     command = [
         str(Path(venv_bin) / "ray"), "start", "--head",
-        f"--port={gcs_port}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+        f"--port={gcs_port}", f"--node-ip-address={node_ip}", f"--num-cpus={num_cpus}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
         f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
@@ -166,6 +194,35 @@ def start_local_cluster(num_cpus: int = LOGICAL_CPUS) -> LocalRayCluster:
         cluster.stop()
         raise
     return cluster
+
+
+def start_worker_node(head: LocalRayCluster, num_cpus: int = 1) -> LocalRayCluster:
+    """Another node joined to ``head`` (``ray start --address``; the head must be in multi-node
+    mode, see :func:`start_local_cluster`), with its own temp dir so that its processes, and only
+    those, can be found and killed by PID (``.kill()``, ``.stop()``). It takes the head's auth
+    token (token auth: a node without it is refused)."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
+    min_worker, max_worker = free_port_range(20)
+    node_ip = head.address.rsplit(":", 1)[0]
+    env = dict(head.env)
+    command = [
+        str(Path(sys.executable).parent / "ray"), "start", f"--address={head.address}",
+        f"--node-ip-address={node_ip}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--min-worker-port={min_worker}", f"--max-worker-port={max_worker}",
+        "--disable-usage-stats",
+    ]
+    node = LocalRayCluster(head.address, head.dashboard_url, temp_dir, env)
+    try:
+        started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start --address failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
+    except BaseException:
+        node.stop()
+        raise
+    return node
 
 
 def _wait_for_dashboard(url: str, timeout_s: float = 120.0) -> None:

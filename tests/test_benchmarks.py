@@ -205,6 +205,29 @@ def check_prd_agreement(result: dict, out: Path) -> None:
             assert 0.6 < pair["torch"]["score"]["mean"] < 0.75
 
 
+def check_fault_matrix(result: dict, out: Path) -> None:
+    faults = result["faults"]
+    assert list(faults) == result["settings"]["faults"] and faults
+    for name, row in faults.items():
+        assert row["injected"] is True, (name, row["message"])
+        # Every fault survived or reported by name; nothing lost, nothing duplicated.
+        assert row["outcome"] in ("survived", "reported"), (name, row)
+        assert row["metrics_lost"] == 0 and row["duplicate_runs"] == 0, (name, row)
+        assert row["trials_lost"] in (None, 0), (name, row)
+        assert finite(row["epochs_lost"]) and row["epochs_lost"] >= 0, (name, row)
+        assert f"| {name} |" in result["table"]
+    if "worker_killed" in faults:  # killed half-way through epoch 2, resumed from epoch 1
+        assert faults["worker_killed"]["epochs_lost"] == 0.5
+    if "checkpoint_unwritable" in faults:
+        row = faults["checkpoint_unwritable"]
+        assert row["outcome"] == "reported" and row["message"].startswith("CheckpointWriteError: ")
+        assert row["details"]["last_checkpoint_equals_baseline"] is True
+    assert result["all_survived_or_reported"] is True
+    assert result["metrics_lost"] == 0 and result["duplicate_runs"] == 0
+    assert result["baseline"]["aim_points"] > 0 and result["baseline"]["epochs"] == result["settings"]["epochs"]
+    assert len(result["machine"]["load_average"]) == len(result["machine"]["load_average_at_start"]) == 3
+
+
 def check_latent_emergence(result: dict, out: Path) -> None:
     cases = result["cases"]
     assert result["baseline"] in cases and len(cases) >= 2
@@ -268,6 +291,7 @@ CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "component_selection": check_component_selection,
     "data_reader": check_data_reader,
     "evaluation": check_evaluation,
+    "fault_matrix": check_fault_matrix,
     "latent_emergence": check_latent_emergence,
     "prd_agreement": check_prd_agreement,
     "thesis_comparison": check_thesis_comparison,

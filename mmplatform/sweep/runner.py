@@ -113,7 +113,9 @@ def summarize(results, sweep: SweepConfig) -> dict[str, Any]:
         metrics = result.metrics or {}
         # No report at all: the sweep ended (time budget, Ctrl-C) before the trial's first epoch.
         status = metrics.get("status", "error" if result.error else "no_result")
-        if status == "running":  # its last report was mid-training: the scheduler stopped it
+        if result.error is not None:  # failed after reporting some epochs (e.g. a shard broke mid-run)
+            status = "error"
+        elif status == "running":  # its last report was mid-training: the scheduler stopped it
             status = "stopped_early"
         trials.append({
             "trial_id": metrics.get("trial_id"),

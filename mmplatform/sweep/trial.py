@@ -15,11 +15,11 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from mmplatform.sweep.config import SweepConfig
-from mmplatform.training.launcher import build_trainer
+from mmplatform.training.launcher import build_trainer, fit_trainer
 
 
 def run_trial(sampled: dict[str, Any], sweep_tree: dict[str, Any]) -> None:
     sweep = SweepConfig.model_validate(sweep_tree)
     trial_id = ray.tune.get_context().get_trial_id()
     config = sweep.trial_config(sampled, trial_id)
-    build_trainer(config, callbacks=[TuneReportCallback()]).fit()
+    fit_trainer(build_trainer(config, callbacks=[TuneReportCallback()]))

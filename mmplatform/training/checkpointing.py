@@ -21,6 +21,11 @@ import torch.distributed as dist
 STATE_FILE = "state.pt"
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written to the run's storage (unwritable, full, gone); names the
+    run's checkpoint directory. The checkpoints already written stay as they are."""
+
+
 def capture_rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),

@@ -57,8 +57,34 @@ def build_trainer(config: TrainConfig, callbacks=(), aim_run_hash: str | None = 
     )
 
 
+def user_error_of(error: BaseException) -> BaseException | None:
+    """The user error (``mmplatform.user_errors``: a damaged shard, an unwritable checkpoint
+    directory, ...) that made a worker of a failed training fail, if one did."""
+    from mmplatform.user_errors import user_error_types
+
+    for failure in (getattr(error, "worker_failures", None) or {}).values():
+        # Ray Train wraps each worker's exception with its traceback text (UserExceptionWithTraceback)
+        # and keeps the original as ``_base_exc``.
+        original = getattr(failure, "_base_exc", failure)
+        if isinstance(original, user_error_types()):
+            return original
+    return None
+
+
+def fit_trainer(trainer: TorchTrainer) -> ray.train.Result:
+    """``trainer.fit()``, re-raising a worker's user error itself (one line for the CLI and a
+    sweep's trial) instead of Ray's ``WorkerGroupError``, whose text is the workers' tracebacks."""
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        named = user_error_of(error)
+        if named is None:
+            raise
+        raise named from error
+
+
 def fit(config: TrainConfig) -> ray.train.Result:
     """Validate, then train. Rerunning with the same ``name`` and storage resumes."""
     preflight(config)
     check_against_cluster(config, ensure_ray())
-    return build_trainer(config).fit()
+    return fit_trainer(build_trainer(config))

@@ -9,8 +9,13 @@ to do what cannot be arranged from outside a worker at a precise point of the tr
   its loop starts, so a test sees whether a restarted worker resumed or began again.
 - ``pause_after_epoch``: after reporting that epoch, rank 0 writes its pid to
   ``<events_dir>/paused.pid`` and sleeps until it is killed (a worker lost at a known point).
+- ``pause_at``: ``{"epoch": e, "step": s, "run": r}`` pauses rank 0 the same way after step ``s``
+  of epoch ``e`` (mid-epoch), or after the epoch's report without ``step``, in the training whose
+  name contains ``r`` (any without ``run``). It pauses once per ``events_dir`` (a restarted worker
+  that passes the point again goes on), and ends when the test creates ``<events_dir>/release``
+  (or kills the process): the fault matrix injects a fault while the training stands still.
 - ``record_steps``: after every training step each rank appends to
-  ``<events_dir>/steps.rank<r>.jsonl`` the epoch, step, whether the optimizer stepped, the
+  ``<events_dir>/steps.rank<r>.jsonl`` the training's name, the epoch, step, whether the optimizer stepped, the
   guard's count and a SHA-256 of its parameters (replicas are compared bitwise).
 - ``nan_loss``: ``{"rank": r, "epoch": e, "step": s}`` turns that rank's loss at that step
   (1-based within the epoch) into NaN, on that rank only.
@@ -51,11 +56,13 @@ class TestHooks:
     rank: int
     events_dir: Path | None = None
     pause_after_epoch: int | None = None
+    pause_at: dict[str, Any] | None = None
+    run_name: str = ""
     record_steps: bool = False
     nan_loss: dict[str, int] | None = None
 
     @classmethod
-    def from_env(cls, rank: int) -> "TestHooks | None":
+    def from_env(cls, rank: int, run_name: str = "") -> "TestHooks | None":
         raw = os.environ.get(HOOKS_ENV)
         if not raw:
             return None
@@ -65,6 +72,8 @@ class TestHooks:
             rank=rank,
             events_dir=Path(events_dir) if events_dir else None,
             pause_after_epoch=settings.get("pause_after_epoch"),
+            pause_at=settings.get("pause_at"),
+            run_name=run_name,
             record_steps=bool(settings.get("record_steps")),
             nan_loss=settings.get("nan_loss"),
         )
@@ -89,16 +98,31 @@ class TestHooks:
     def after_step(self, model: torch.nn.Module, epoch: int, step: int, stepped: bool, bad_steps: int) -> None:
         if self.record_steps:
             self._append(f"steps.rank{self.rank}.jsonl", {
-                "epoch": epoch, "step": step, "stepped": stepped, "bad_steps": bad_steps,
+                "run": self.run_name, "epoch": epoch, "step": step, "stepped": stepped, "bad_steps": bad_steps,
                 "digest": parameters_digest(model),
             })
+        self._maybe_pause(epoch, step)
 
     def after_report(self, epoch: int) -> None:
-        if self.rank != 0 or self.pause_after_epoch != epoch or self.events_dir is None:
+        if self.rank == 0 and self.pause_after_epoch == epoch and self.events_dir is not None:
+            self._pause()
+        self._maybe_pause(epoch, None)
+
+    def _maybe_pause(self, epoch: int, step: int | None) -> None:
+        point = self.pause_at
+        if self.rank != 0 or not point or self.events_dir is None:
             return
+        if (point["epoch"], point.get("step")) != (epoch, step) or point.get("run", "") not in self.run_name:
+            return
+        if (self.events_dir / "paused.pid").exists():  # paused here once already
+            return
+        self._pause()
+
+    def _pause(self) -> None:
         self.events_dir.mkdir(parents=True, exist_ok=True)
         staged = self.events_dir / "paused.pid.tmp"
         staged.write_text(str(os.getpid()))
         staged.rename(self.events_dir / "paused.pid")
-        while True:  # until the test kills this process
-            time.sleep(1.0)
+        release = self.events_dir / "release"
+        while not release.exists():  # until the test releases or kills this process
+            time.sleep(0.2)

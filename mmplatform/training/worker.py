@@ -28,7 +28,12 @@ from data_pipelines.readers import EvalReader, TrainReader, make_loader
 from mmplatform.config import TrainConfig, build_config
 from mmplatform.evaluation.results import MetricRecord
 from mmplatform.evaluation.session import EvaluationSession
-from mmplatform.training.checkpointing import TrainingState, gather_rng_states, write_checkpoint_dir
+from mmplatform.training.checkpointing import (
+    CheckpointWriteError,
+    TrainingState,
+    gather_rng_states,
+    write_checkpoint_dir,
+)
 from mmplatform.training.divergence import DIVERGED, FINISHED, RUNNING, DivergenceGuard
 from mmplatform.training.model_factory import build_model
 from mmplatform.training.run_tracking import open_tracker
@@ -83,7 +88,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = build_config(loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    hooks = TestHooks.from_env(rank)  # None unless a test set MMPLATFORM_TEST_HOOKS
+    hooks = TestHooks.from_env(rank, config.name)  # None unless a test set MMPLATFORM_TEST_HOOKS
     device = ray.train.torch.get_device()
     # A worker computes with the CPUs it reserved. Left alone, torch starts a thread per core in
     # every worker; two workers on two cores then fight over them (OpenMP spin-waits), which made
@@ -180,11 +185,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     status=status, last_objective=last_objective, metrics=dict(metrics),
                 )
                 checkpoint_dir = write_checkpoint_dir(state)
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None,
-                checkpoint_dir_name=f"checkpoint_epoch={epoch:04d}",
-            )
+            try:
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None,
+                    checkpoint_dir_name=f"checkpoint_epoch={epoch:04d}",
+                )
+            except OSError as error:
+                if checkpoint_dir is None:
+                    raise
+                # Ray's own error is a pyarrow traceback deep inside Train; say what broke, in one line.
+                run_storage = f"{config.resolved_storage_path().rstrip('/')}/{config.name}"
+                raise CheckpointWriteError(
+                    f"cannot write the checkpoint of epoch {epoch} into {run_storage} ({error}); the last "
+                    f"checkpoint written there is kept"
+                ) from error
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
             if hooks is not None:
