@@ -88,6 +88,60 @@ def check_aggregator_cost(result: dict, out: Path) -> None:
     assert positive(result["matmul_gflops"]) and positive(result["matmul_gflop_per_cpu_s"])
 
 
+def readme_queries() -> list[str]:
+    """The example queries of the README's tracking section (the code block after "Example queries")."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("Example queries"):].split("```", 2)[1]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def check_aim_scale(result: dict, out: Path) -> None:
+    settings = result["settings"]
+    written = result["written"]
+    assert len(written) == result["runs_written"] == settings["runs"]
+    assert len({run["run_hash"] for run in written}) == settings["runs"]
+    assert result["repo_bytes"] > 0 and result["repo_kb_per_run"] > 0
+    queries = result["queries"]
+    # Every query the README documents, verbatim (the first sweep is make run's, polymnist_fmean-local).
+    assert [row["query"] for row in queries] == readme_queries()
+    local = settings["sweep_names"][0]
+    assert local == "polymnist_fmean-local"
+    evaluated = [run for run in written if run["evaluations"] > 0]
+    expected = [
+        [r for r in written if r["aggregator"] == "mopgfm" and r["beta"] > 1],
+        [r for r in written if r["sweep"] == local and r["status"] == "diverged"],
+        [r for r in written if r["sweep"] == local and r["aggregator"] == "mofop"],
+        evaluated, evaluated, evaluated,
+    ]
+    for row, runs in zip(queries, expected):
+        # Recounted here from the runs written, not from the benchmark's own expectation.
+        assert row["returned_runs"] == row["expected_runs"] == len(runs), row
+        assert row["ok"] is True and finite(row["seconds"]), row
+    # The smoke size is chosen so that no query is trivially empty.
+    assert all(row["returned_runs"] > 0 for row in queries), queries
+    assert [row.get("returned_series") for row in queries[3:]] == [len(evaluated), len(evaluated), 3 * len(evaluated)]
+    assert result["queries_ok"] is True
+    ui = result["ui"]
+    assert all(row["bytes"] > 0 and finite(row["seconds"]) for row in ui["api"].values()), ui["api"]
+    if ui["chromium"] is None:
+        assert ui["pages"] == "chromium not installed"
+    else:
+        pages = ui["pages"]
+        # The runs page shows a row per run (all of them at this size), the explorer a line per series.
+        assert pages["runs"]["rendered"] and pages["runs"]["elements"] == len(written), pages["runs"]
+        assert pages["metrics"]["rendered"] and pages["metrics"]["elements"] == len(evaluated), pages["metrics"]
+    assert len(result["machine"]["load_average"]) == len(result["machine"]["load_average_at_start"]) == 3
+    # One trial, samples at every evaluation vs the platform's log-spaced ones (fewer steps, fewer bytes).
+    long_run = result["long_run"]
+    if not settings["long_epochs"]:
+        assert long_run is None
+        return
+    assert long_run["evaluations"] > 3
+    assert 0 < long_run["platform_policy"]["repo_bytes"] < long_run["every_evaluation"]["repo_bytes"]
+    assert long_run["size_ratio"] == pytest.approx(
+        long_run["platform_policy"]["repo_bytes"] / long_run["every_evaluation"]["repo_bytes"], abs=0.001)
+
+
 def check_asha_efficiency(result: dict, out: Path) -> None:
     settings = result["settings"]
     trials, epochs = settings["num_samples"], settings["max_epochs"]
@@ -284,6 +338,7 @@ def check_train_step(result: dict, out: Path) -> None:
 
 
 CHECKS: dict[str, Callable[[dict, Path], None]] = {
+    "aim_scale": check_aim_scale,
     "aggregator_cost": check_aggregator_cost,
     "asha_efficiency": check_asha_efficiency,
     "celeba_data": check_celeba_data,
@@ -315,6 +370,8 @@ def test_every_benchmark_has_checks():
 
 
 VARIANTS: dict[str, dict[str, list[str]]] = {
+    # What a machine without Chromium records (the default run loads the pages where Chromium is).
+    "aim_scale": {"no_chromium": ["--chromium", "none", "--long-epochs", "0"]},
     "train_step": {"celeba": ["--dataset", "celeba"]},
     "thesis_comparison": {"learns": ["--setting", "learns"]},
 }
