@@ -633,6 +633,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_with_smoke(parser, SMOKE, argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     load_at_start = [round(value, 2) for value in os.getloadavg()]
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="aim_scale_", dir=args.work_dir))
     # Everything the platform would put under its data root stays in the work dir.
     os.environ["MMPLATFORM_DATA_ROOT"] = str(work / "data_root")

@@ -669,6 +669,8 @@ def render_markdown(report: dict) -> str:
         md += ["", "## Notes", "", report["comparison_text"]]
     commands = report.get("commands") or [report["command"]]
     md += ["", "## Reproduce", "", "```\n" + "\n".join(commands) + "\n```", ""]
+    if report.get("merge_note"):
+        md += [report["merge_note"], ""]
     return "\n".join(md)
 
 

@@ -335,16 +335,20 @@ class FaultLab:
         return self.measure(name, tree, events, started, outcome="survived" if finished else "failed",
                             message=message or f"worker pid {pid} SIGKILLed half-way through epoch 2; resumed from epoch 1")
 
+    def train_command(self, tree: dict) -> list[str]:
+        """``mmplatform train --config <file>`` for ``tree``, its config written next to its runs."""
+        config_file = self.root / tree["name"] / "train.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump(tree))
+        return [str(Path(sys.executable).parent / "mmplatform"), "train", "--config", str(config_file)]
+
     def driver_killed(self) -> FaultOutcome:
         """The process driving the training (``mmplatform train --config``) SIGKILLed mid-epoch,
         then the same command run again: it resumes from the last checkpoint."""
         self.baseline
         started, name = time.monotonic(), "driver-killed"
         tree, events = self.tree(name), self.events(name)
-        config_file = self.root / name / "train.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(tree))
-        command = [str(Path(sys.executable).parent / "mmplatform"), "train", "--config", str(config_file)]
+        command = self.train_command(tree)
         env = {**os.environ, **self.cluster.client_env(), "OMP_NUM_THREADS": "1"}
         hooks = {"events_dir": str(events), "record_steps": True}
         driver = subprocess.Popen(command, env={**env, HOOKS_ENV: json.dumps({**hooks, "pause_at": self.mid_epoch})},
@@ -381,9 +385,7 @@ class FaultLab:
         self.baseline
         started, name = time.monotonic(), "node-killed"
         tree, events = self.tree(name), self.events(name)
-        config_file = self.root / name / "train.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(tree))
+        command = self.train_command(tree)
         try:
             address = machine_address()
         except OSError as error:
@@ -394,9 +396,7 @@ class FaultLab:
             nodes.append(start_worker_node(head, num_cpus=1))
             env = {**os.environ, **head.client_env(), "OMP_NUM_THREADS": "1",
                    HOOKS_ENV: json.dumps({"events_dir": str(events), "record_steps": True, "pause_at": self.mid_epoch})}
-            driver = subprocess.Popen([str(Path(sys.executable).parent / "mmplatform"), "train", "--config",
-                                       str(config_file)], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True)
+            driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
                 pid = wait_for_pause(events, lambda: driver.poll() is None, checkpoint_of=(run_dir(tree).parent, 1))
             except AssertionError:

@@ -37,6 +37,7 @@ from mmplatform.config import build_config
 from mmplatform.tracking import query_metrics, query_runs, reindex
 from mmplatform.training.checkpointing import TrainingState
 from mmplatform.training.test_hooks import HOOKS_ENV
+from tests.fault_fixtures import alive
 
 EPOCHS, KILLED_AFTER = 4, 2
 TIMEOUT_S = 600
@@ -216,9 +217,9 @@ def test_a_killed_driver_rerun_resumes_into_the_same_training(
     driver.wait(timeout=60)
     # Ray ends the actors of a dead driver's job, the paused worker among them.
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and _alive(worker_pid):
+    while time.monotonic() < deadline and alive(worker_pid):
         time.sleep(0.5)
-    assert not _alive(worker_pid), "the dead driver's Train worker is still running"
+    assert not alive(worker_pid), "the dead driver's Train worker is still running"
 
     rerun = subprocess.run(command, env={**env, HOOKS_ENV: json.dumps({"events_dir": str(events)})},
                            capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -226,15 +227,3 @@ def test_a_killed_driver_rerun_resumes_into_the_same_training(
     starts = start_events(events)
     assert [event["start_epoch"] for event in starts] == [1, KILLED_AFTER + 1], starts
     assert_same_training(tree, reference)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead too
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False
