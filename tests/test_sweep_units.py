@@ -179,3 +179,23 @@ def test_an_evaluation_without_an_objective_keeps_the_carried_one():
 def test_a_diverged_epoch_reports_the_worst_objective():
     assert epoch_objective(DIVERGED, None, 0.7) == (0.0, 0.0)
     assert epoch_objective(DIVERGED, {"objective": 0.9}, 0.7) == (0.0, 0.0)
+
+
+# ------------------------------------------------------------------ what the user reads at the end
+
+
+def test_a_sweep_whose_budget_ended_before_any_epoch_says_why_and_what_to_do():
+    from mmplatform.sweep.script import ending
+
+    sweep, _ = profile_sweep("local")
+    assert sweep.time_budget_s == 750
+    waiting = {"trial_id": "4a353_00000", "status": "no_result", "epoch": None, "aggregator": "mopgfm", "config": {}}
+    summary = {"num_trials": 1, "trials": [waiting], "best_trial_file": None}
+    text = ending(summary, sweep, "/results", "/aim", wall_s=800.0)
+    assert "no trial finished an epoch within the sweep's time budget of 750 s" in text
+    assert text.count("--time-budget-s 1500") == 1
+    finished = {**waiting, "status": "finished", "epoch": 6}
+    assert "time budget" not in ending({**summary, "trials": [finished, waiting]}, sweep, "/results", "/aim", 800.0)
+
+    sweep, _ = profile_sweep("local", "--time-budget-s", "1500")
+    assert sweep.time_budget_s == 1500

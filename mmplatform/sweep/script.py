@@ -51,6 +51,8 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-trial", type=non_negative_float,
                         help="GPUs per trial, split over its workers (cluster)")
     parser.add_argument("--max-concurrent-trials", type=positive_int, help="default: what the cluster can hold")
+    parser.add_argument("--time-budget-s", type=positive_int,
+                        help="wall-clock cap of the sweep in seconds (default: the profile's; local: 750)")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="fifo = plain random search")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the trials' training")
     parser.add_argument("--search-seed", type=seed, help="seed of the sampled trials (default: the profile's; local: 0, others unseeded)")
@@ -93,7 +95,7 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
         "driver_resources": plan.driver_resources,
         "max_concurrent_trials": plan.max_concurrent_trials,
         "search_seed": args.search_seed if args.search_seed is not None else plan.search_seed,
-        "time_budget_s": plan.time_budget_s,
+        "time_budget_s": args.time_budget_s or plan.time_budget_s,
     })
 
 
@@ -171,6 +173,12 @@ def ending(summary: dict[str, Any], config: SweepConfig, storage_path: str, aim_
         trials_table(summary["trials"], list(config.search_space)),
         "",
     ]
+    if config.time_budget_s and summary["trials"] and all(t["status"] == "no_result" for t in summary["trials"]):
+        # What a newcomer sees on a busy or slow machine: say why the table is empty and what to do.
+        load = os.getloadavg()[0]
+        lines.append(f"no trial finished an epoch within the sweep's time budget of {config.time_budget_s:.0f} s: this "
+                     f"machine is slower or busier than the budget assumes (load average {load:.1f} on "
+                     f"{os.cpu_count()} cores); rerun with --time-budget-s {2 * config.time_budget_s:.0f}")
     if summary.get("best_trial_file"):
         lines.append(f"best trial (config, all metrics, checkpoint): {summary['best_trial_file']}")
     else:
