@@ -651,12 +651,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         written = write_all(plans, args.workers)
         write_s = time.perf_counter() - began
         size = du_bytes(repo)
+        # Each figure as soon as it exists: a later step that fails (aim up on a huge repo) keeps them.
+        print(f"written in {write_s:.0f} s, repo {size / 1e6:.0f} MB", file=sys.stderr, flush=True)
         start = time.perf_counter()
         reindex(repo, timeout_s=3600)
         reindex_s = time.perf_counter() - start
+        print(f"reindexed in {reindex_s:.0f} s", file=sys.stderr, flush=True)
         runs = written["runs"]
         queries = time_queries(repo, readme_queries(runs, sweep_names(args.sweeps)[0][0]))
-        ui = ui_section(repo, work, args.chromium, args.page_timeout_s)
+        try:
+            ui = ui_section(repo, work, args.chromium, args.page_timeout_s)
+        except RuntimeError as error:  # aim up never answered: a result, not a crash
+            ui = {"error": str(error).splitlines()[0], "api": {}, "pages": "aim up did not answer", "chromium": None}
         long_run = long_run_comparison(plans, args.long_epochs, work, args.long_profile) if args.long_epochs > 0 else None
         images = sum(len(plan["config"]["data"]["modalities"]) * 2 for plan in plans)  # per evaluated epoch
         result = {
