@@ -71,3 +71,14 @@ def write_splits(
                     f"to {split_dir}")
             manifests[split.name] = manifest
     return manifests
+
+
+def add_writer_arguments(parser: Any, default_samples_per_shard: int) -> None:
+    """The ``--workers`` and ``--samples-per-shard`` flags of every builder that writes with
+    :func:`write_splits` (one place for their meaning and defaults)."""
+    from mmplatform.commands.arguments import positive_int
+
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="image decoding processes (default min(4, CPUs))")
+    parser.add_argument("--samples-per-shard", type=positive_int, default=default_samples_per_shard,
+                        help=f"maximum samples per shard (default {default_samples_per_shard})")

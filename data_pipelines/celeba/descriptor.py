@@ -23,6 +23,7 @@ MOPOE_MODEL = {
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     from data_pipelines.celeba.builder import DEFAULT_SAMPLES_PER_SHARD
     from data_pipelines.celeba.text import TEXT_OFFSETS
+    from data_pipelines.split_writer import add_writer_arguments
     from mmplatform.commands.arguments import non_negative_int, positive_int
 
     parser.description = (
@@ -41,10 +42,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="values that form test/ (default 1: the official validation split, which MoPoE "
                              "and MMVM evaluate on)")
     parser.add_argument("--limit", type=positive_int, default=None, help="keep the first N images of each split")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="image decoding processes (default min(4, CPUs))")
-    parser.add_argument("--samples-per-shard", type=positive_int, default=DEFAULT_SAMPLES_PER_SHARD,
-                        help=f"maximum samples per shard (default {DEFAULT_SAMPLES_PER_SHARD})")
+    add_writer_arguments(parser, DEFAULT_SAMPLES_PER_SHARD)
 
 
 def _partitions(text: str) -> tuple[int, ...]:

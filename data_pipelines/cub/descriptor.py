@@ -22,6 +22,7 @@ RANKING_METRICS = ["coherence_ap", "coherence_auroc", "latent_probe_ap", "latent
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     from data_pipelines.cub.builder import DEFAULT_SAMPLES_PER_SHARD
+    from data_pipelines.split_writer import add_writer_arguments
     from mmplatform.commands.arguments import positive_int
 
     parser.description = (
@@ -34,10 +35,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         "otherwise. An identical existing build is left alone."
     )
     parser.add_argument("--limit", type=positive_int, default=None, help="keep the first N images of each split")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="image decoding processes (default min(4, CPUs))")
-    parser.add_argument("--samples-per-shard", type=positive_int, default=DEFAULT_SAMPLES_PER_SHARD,
-                        help=f"maximum samples per shard (default {DEFAULT_SAMPLES_PER_SHARD})")
+    add_writer_arguments(parser, DEFAULT_SAMPLES_PER_SHARD)
 
 
 def build_from_arguments(args: argparse.Namespace, out: Path) -> None:

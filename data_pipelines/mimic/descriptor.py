@@ -25,6 +25,7 @@ RANKING_METRICS = ["coherence_auroc", "coherence_ap", "latent_probe_auroc", "lat
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     from data_pipelines.mimic.builder import DEFAULT_SAMPLES_PER_SHARD, VARIANTS
+    from data_pipelines.split_writer import add_writer_arguments
     from mmplatform.commands.arguments import non_negative_int, positive_int
 
     variants = "; ".join(f"{name}: {variant.summary}" for name, variant in VARIANTS.items())
@@ -45,10 +46,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the mmvm subject split (default 0)")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="keep the first N studies of each split (the vocabulary still comes from all of train)")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="image decoding processes (default min(4, CPUs))")
-    parser.add_argument("--samples-per-shard", type=positive_int, default=DEFAULT_SAMPLES_PER_SHARD,
-                        help=f"maximum samples per shard (default {DEFAULT_SAMPLES_PER_SHARD})")
+    add_writer_arguments(parser, DEFAULT_SAMPLES_PER_SHARD)
 
 
 def build_from_arguments(args: argparse.Namespace, out: Path) -> None:
