@@ -234,6 +234,10 @@ class TrackingConfig(_Section):
     """Where metrics go while the Aim server is unreachable; default under the data root."""
     tags: dict[str, str] = Field(default_factory=dict)
     """Extra flat hparams stored on the run (a sweep adds its name and the trial id)."""
+    pair_breakdowns: bool = False
+    """Also track coherence and PRD per (subset, modality) pair in Aim, not only their means per
+    ``kind`` (the Ray Train results keep every pair either way). Off: they are most of a run's
+    series, and Aim's runs page loads every series of every run (``benchmarks/aim_scale.py``)."""
     log_restricted_samples: bool = False
     """Log images and decoded text of a restricted (credentialed) dataset to Aim anyway; off, only
     its aggregate metrics are tracked (``mmplatform.privacy``)."""

@@ -111,11 +111,11 @@ def test_lost_worker_resumes_from_checkpoint_into_the_same_aim_run(
     # Per-modality terms: one name, the modality in the context (not "nll/m0").
     assert {s.context["modality"] for s in _steps(series, "nll", split="train")} == {"m0", "m1", "m2"}
     assert not any(s.name.startswith("nll/") for s in series)
-    missing = _steps(series, "coherence", kind="missing", split="test")
-    assert {s.context.get("subset") for s in missing} >= {"m0", "m0_m1", None}
-    per_pair = [s for s in missing if s.context.get("subset") == "m0" and s.context.get("modality") == "m1"]
-    assert per_pair and per_pair[0].steps == [1, 2, 3]
-    assert all(0.0 <= v <= 1.0 for v in per_pair[0].values)
+    (missing,) = _steps(series, "coherence", kind="missing", split="test")
+    assert missing.steps == [1, 2, 3] and all(0.0 <= v <= 1.0 for v in missing.values)
+    # The (subset, modality) pairs it averages are in the Train result, not in Aim (pair_breakdowns off).
+    assert 0.0 <= result.metrics["coherence_missing/m0/m1"] <= 1.0
+    assert not [s for s in series if "subset" in s.context and "modality" in s.context]
     for name in ("latent_accuracy", "prd", "log_likelihood", "objective"):
         assert _steps(series, name)
     images = query_images(aim_server.url, f'run.hash == "{run.run_hash}" and images.name == "generations"')

@@ -57,25 +57,35 @@ def _recorded_hash(config: TrainConfig) -> str | None:
 class TrainingTracker:
     """Per-epoch logging with the contexts users filter on in Aim."""
 
-    def __init__(self, tracker: Tracker, every_n_epochs: int = 1, epochs: int | None = None) -> None:
+    def __init__(self, tracker: Tracker, every_n_epochs: int = 1, epochs: int | None = None,
+                 pair_breakdowns: bool = False) -> None:
         self.tracker = tracker
         self.every_n_epochs = every_n_epochs
         self.epochs = epochs
         """The training's last epoch; ``None``: unknown, samples of every evaluation are tracked."""
+        self.pair_breakdowns = pair_breakdowns
+        """Whether the per-(subset, modality) values (``MetricRecord.is_pair_breakdown``) are
+        tracked too; off, only their means per ``kind`` are."""
+        self._untracked: set[str] = set()
+        """Flat names of the breakdowns left out, left out of the summary as well."""
 
     @property
     def run_hash(self) -> str:
         return self.tracker.run_hash
 
     def log_epoch(self, epoch: int, train_records, evaluation=None) -> None:
-        """The epoch's training records, then the evaluation's records and, on the epochs
-        :func:`samples_tracked` picks, its generated samples, each under the name and context it
-        carries (nothing is parsed back from a flat key)."""
+        """The epoch's training records, then the evaluation's records (without the pair
+        breakdowns unless ``pair_breakdowns``) and, on the epochs :func:`samples_tracked` picks,
+        its generated samples, each under the name and context it carries (nothing is parsed back
+        from a flat key)."""
         for record in train_records:
             self.tracker.track(record.value, record.name, step=epoch, context=dict(record.context))
         if evaluation is None:
             return
         for record in evaluation.records:
+            if record.is_pair_breakdown and not self.pair_breakdowns:
+                self._untracked.add(record.flat_name)
+                continue
             self.tracker.track(record.value, record.name, step=epoch, context=dict(record.context))
         if self.epochs is not None and not samples_tracked(epoch, self.every_n_epochs, self.epochs):
             return
@@ -86,7 +96,8 @@ class TrainingTracker:
                 self.tracker.track_text(samples.text, "generated_text", step=epoch, context=samples.context())
 
     def finish(self, final_metrics: dict[str, Any]) -> None:
-        summary = {key: value for key, value in final_metrics.items() if isinstance(value, (int, float, str))}
+        summary = {key: value for key, value in final_metrics.items()
+                   if isinstance(value, (int, float, str)) and key not in self._untracked}
         self.tracker.set_summary(summary)
 
     def close(self) -> None:
@@ -110,4 +121,5 @@ def open_tracker(config: TrainConfig, run_hash: str | None, samples_logged: bool
     if path is not None and tracker.run_hash != run_hash:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"aim_run_hash": tracker.run_hash}))
-    return TrainingTracker(tracker, config.evaluation.every_n_epochs, config.training.epochs)
+    return TrainingTracker(tracker, config.evaluation.every_n_epochs, config.training.epochs,
+                           pair_breakdowns=config.tracking.pair_breakdowns)
