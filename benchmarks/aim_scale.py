@@ -357,8 +357,8 @@ def readme_queries(runs: list[dict[str, Any]], local_sweep: str) -> list[dict[st
         {"kind": "runs", "query": f'run.experiment == "{local_sweep}" and run.hparams.aggregator == "mofop"',
          "runs": sum(1 for r in runs if r["sweep"] == local_sweep and r["hparams"]["aggregator"] == "mofop")},
         {"kind": "metrics",
-         "query": 'metric.name == "coherence" and metric.context.kind == "missing" and metric.context.subset == "m0_m1"',
-         "runs": len(evaluated_hashes), "series": len(evaluated_hashes)},  # m0_m1 -> m2, the one missing modality
+         "query": 'metric.name == "coherence" and metric.context.kind == "missing"',
+         "runs": len(evaluated_hashes), "series": len(evaluated_hashes)},  # the mean over the missing pairs
         {"kind": "metrics", "query": 'metric.name == "latent_accuracy" and metric.context.subset == "m0"',
          "runs": len(evaluated_hashes), "series": len(evaluated_hashes)},
         {"kind": "images", "query": 'images.name == "generations" and images.context.kind == "conditional"',
@@ -388,6 +388,14 @@ def time_queries(repo: Path, queries: list[dict[str, Any]]) -> list[dict[str, An
     return timed
 
 
+def series_per_run(repo: Path, run_hash: str) -> dict[str, int]:
+    """The sequences one run holds, by type: what Aim's runs page ships for every run it lists."""
+    from aim import Repo
+
+    info = Repo.from_path(str(repo)).get_run(run_hash).collect_sequence_info(["metric", "images", "texts"])
+    return {kind: len(sequences) for kind, sequences in info.items()}
+
+
 def du_bytes(path: Path) -> int:
     completed = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
     return int(completed.stdout.split()[0])
@@ -409,7 +417,13 @@ def free_port() -> int:
 
 
 def start_aim_up(repo: Path, log: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
-    """``aim up`` on a free loopback port; returns it, its URL and the seconds until it answered."""
+    """``aim up`` on a free loopback port; returns it, its URL and the seconds until it served its
+    start page.
+
+    The probe asks for the start page, which reads nothing from the repo. Probing an API instead
+    measured this script: ``/api/projects/`` opens every run's store (about 10 s at 2,000 runs on
+    2 cores), so a probe with a 2 s deadline never saw an answer, and each abandoned probe left
+    the server one more request opening 2,000 stores (12 GB in its two workers after 300 s)."""
     from mmplatform.tracking.query import aim_executable
 
     port = free_port()
@@ -421,7 +435,7 @@ def start_aim_up(repo: Path, log: Path, timeout_s: float) -> tuple[subprocess.Po
         if process.poll() is not None:
             raise RuntimeError(f"aim up exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/api/projects/", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/", timeout=2) as response:
                 response.read()
             return process, url, time.perf_counter() - start
         except OSError:
@@ -566,7 +580,9 @@ def ui_section(repo: Path, work: Path, chromium_arg: str | None, timeout_s: floa
     try:
         metric_query = 'metric.name == "latent_accuracy" and metric.context.subset == "m0"'
         api = {
-            # What the runs page asks first (a page of 45 runs), and the whole table.
+            # What every page asks first (the project, which checks every run's store for corruption).
+            "project": time_api(url, "/api/projects/", {}, timeout_s),
+            # What the runs page asks next (a page of 45 runs), and the whole table.
             "runs_page_45": time_api(url, "/api/runs/search/run/", {"q": "", "limit": 45}, timeout_s),
             "runs_all": time_api(url, "/api/runs/search/run/", {"q": ""}, timeout_s),
             "runs_query": time_api(url, "/api/runs/search/run/",
@@ -592,7 +608,8 @@ def ui_section(repo: Path, work: Path, chromium_arg: str | None, timeout_s: floa
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"aim_scale: {result['settings']['runs']} runs x {result['settings']['epochs']} epochs, "
-             f"repo {result['repo_mb']} MB ({result['repo_kb_per_run']} kB/run), written in {result['write_s']} s",
+             f"repo {result['repo_mb']} MB ({result['repo_kb_per_run']} kB/run), written in {result['write_s']} s, "
+             f"series per run {result['series_per_run']}",
              f"{'seconds':>9}  {'runs':>6}  {'expected':>8}  what"]
     for row in result["queries"]:
         lines.append(f"{row['seconds']:9.2f}  {row['returned_runs']:6d}  {row['expected_runs']:8d}  "
@@ -625,6 +642,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="epochs of the one trial written with and without the sample policy (0: skip)")
     parser.add_argument("--long-profile", choices=["cluster", "local"], default="cluster",
                         help="the profile of that trial (how often it evaluates)")
+    parser.add_argument("--pair-breakdowns", action="store_true",
+                        help="track the per-(subset, modality) series too (tracking.pair_breakdowns; the shape "
+                             "every run had before it was off by default)")
     parser.add_argument("--chromium", default=None, help="browser binary; 'none' to skip the pages")
     parser.add_argument("--page-timeout-s", type=float, default=300.0)
     parser.add_argument("--work-dir", type=Path, default=None, help="where the repo is written (default: a temp dir)")
@@ -646,6 +666,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         began = time.perf_counter()
         plans = trial_configs(args.runs, args.sweeps, args.epochs, repo, work / "storage")
+        for plan in plans:
+            plan["config"]["tracking"]["pair_breakdowns"] = args.pair_breakdowns
         create_local_repo(repo)
         print(f"writing {args.runs} runs with {args.workers} processes", file=sys.stderr, flush=True)
         written = write_all(plans, args.workers)
@@ -658,6 +680,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reindex_s = time.perf_counter() - start
         print(f"reindexed in {reindex_s:.0f} s", file=sys.stderr, flush=True)
         runs = written["runs"]
+        series = series_per_run(repo, runs[0]["run_hash"])
+        print(f"series per run: {series}", file=sys.stderr, flush=True)
         queries = time_queries(repo, readme_queries(runs, sweep_names(args.sweeps)[0][0]))
         try:
             ui = ui_section(repo, work, args.chromium, args.page_timeout_s)
@@ -667,7 +691,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         images = sum(len(plan["config"]["data"]["modalities"]) * 2 for plan in plans)  # per evaluated epoch
         result = {
             "benchmark": "aim_scale",
-            "settings": {"runs": args.runs, "epochs": args.epochs, "long_epochs": args.long_epochs, "sweeps": args.sweeps, "workers": args.workers,
+            "settings": {"runs": args.runs, "epochs": args.epochs, "pair_breakdowns": args.pair_breakdowns, "long_epochs": args.long_epochs, "sweeps": args.sweeps, "workers": args.workers,
                          "sweep_names": [name for name, _ in sweep_names(args.sweeps)]},
             "write_s": round(write_s, 1),
             "write_runs_s": round(written["seconds"], 1),
@@ -677,6 +701,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "repo_mb": round(size / 1e6, 1),
             "repo_kb_per_run": round(size / 1e3 / max(args.runs, 1), 1),
             "repo_breakdown_bytes": repo_breakdown(repo),
+            "series_per_run": series,
             "runs_written": len(runs),
             "statuses": {status: sum(1 for r in runs if r["status"] == status) for status in {r["status"] for r in runs}},
             "evaluated_epochs": sum(r["evaluations"] for r in runs),
