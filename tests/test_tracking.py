@@ -130,6 +130,27 @@ def test_local_repo_roundtrip(local_repo, tmp_path, request):
     check_two_epochs(repo, run_hash, experiment)
 
 
+def test_a_context_key_some_series_lack_matches_quietly_and_real_query_errors_still_log(
+    local_repo, tmp_path, request, caplog
+):
+    """Aim logs "query failed" for every series whose context lacks a key the query reads; such a
+    series just does not match (mmplatform.tracking.query filters those lines). A query that fails
+    for another reason (an attribute a string lacks) must still say so."""
+    experiment = unique_experiment(request)
+    tracker = Tracker(local_repo, experiment, hparams=HPARAMS, fallback_dir=tmp_path / "fallback")
+    tracker.track(0.5, "coherence", 1, MISSING)
+    tracker.track(0.4, "coherence", 1, {"split": "test", "kind": "missing"})  # no subset
+    tracker.close()
+    reindex(local_repo)
+    with caplog.at_level("WARNING", logger="aim.storage.query"):
+        found = query_metrics(local_repo, f'run.experiment == "{experiment}" and metric.context.subset == "m0_m1"')
+    assert [series.context for series in found] == [MISSING]
+    assert not [r for r in caplog.records if "query failed" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="aim.storage.query"):
+        assert query_metrics(local_repo, f'run.experiment == "{experiment}" and metric.name.no_such_method()') == []
+    assert [r for r in caplog.records if "query failed" in r.getMessage()]
+
+
 def test_remote_roundtrip(aim_server, tmp_path, request):
     experiment = unique_experiment(request)
     with Tracker(aim_server.url, experiment, hparams=HPARAMS, fallback_dir=tmp_path / "fallback") as tracker:
