@@ -42,8 +42,26 @@ LOGICAL_CPUS = 8
 ask for one while mostly waiting on each other."""
 
 
+_WORKER_RANGES: list[range] = []
+"""Every worker port range handed out in this session: no single port is drawn inside one."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports, none inside a worker port range handed out before. The kernel
+    may give out a port of a range picked a moment earlier, and ``ray start`` refuses two of its
+    components on one port (seen: the object manager's port inside the same node's worker range)."""
+    ports: list[int] = []
+    for _ in range(100 * count):
+        port = free_port()
+        if port not in ports and not any(port in taken for taken in _WORKER_RANGES):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"no {count} distinct free ports outside the Ray worker ranges")
+
+
 def free_port_range(width: int) -> tuple[int, int]:
-    """A run of ``width`` consecutive free ports (Ray's worker ports)."""
+    """A run of ``width`` consecutive free ports (Ray's worker ports), kept out of :func:`free_ports`."""
     for _ in range(50):
         start = free_port()
         if start + width > 65000:
@@ -60,6 +78,7 @@ def free_port_range(width: int) -> tuple[int, int]:
         finally:
             for sock in sockets:
                 sock.close()
+        _WORKER_RANGES.append(ports)
         return start, start + width - 1
     raise RuntimeError("no free port range for Ray workers")
 
@@ -159,8 +178,8 @@ def start_local_cluster(num_cpus: int = LOGICAL_CPUS, node_ip: str = "127.0.0.1"
     mode, which keeps every address on loopback, refuses a second node."""
     # Ray's socket paths must stay short: a pytest tmp_path is too long.
     temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    gcs_port, dashboard_port = free_port(), free_port()
     min_worker, max_worker = free_port_range(40)
+    gcs_port, dashboard_port, *ports = free_ports(9)
     address = f"{node_ip}:{gcs_port}"
     venv_bin = str(Path(sys.executable).parent)
     env = dict(os.environ)
@@ -177,10 +196,10 @@ def start_local_cluster(num_cpus: int = LOGICAL_CPUS, node_ip: str = "127.0.0.1"
         str(Path(venv_bin) / "ray"), "start", "--head",
         f"--port={gcs_port}", f"--node-ip-address={node_ip}", f"--num-cpus={num_cpus}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-        f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--temp-dir={temp_dir}", f"--ray-client-server-port={ports[0]}",
+        f"--node-manager-port={ports[1]}", f"--object-manager-port={ports[2]}",
+        f"--dashboard-agent-listen-port={ports[3]}", f"--dashboard-agent-grpc-port={ports[4]}",
+        f"--runtime-env-agent-port={ports[5]}", f"--metrics-export-port={ports[6]}",
         f"--min-worker-port={min_worker}", f"--max-worker-port={max_worker}",
         "--disable-usage-stats",
     ]
@@ -203,14 +222,15 @@ def start_worker_node(head: LocalRayCluster, num_cpus: int = 1) -> LocalRayClust
     token (token auth: a node without it is refused)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
     min_worker, max_worker = free_port_range(20)
+    ports = free_ports(6)
     node_ip = head.address.rsplit(":", 1)[0]
     env = dict(head.env)
     command = [
         str(Path(sys.executable).parent / "ray"), "start", f"--address={head.address}",
         f"--node-ip-address={node_ip}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
+        f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
+        f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}",
         f"--min-worker-port={min_worker}", f"--max-worker-port={max_worker}",
         "--disable-usage-stats",
     ]
