@@ -28,7 +28,7 @@ class MetricRecord:
         """A value of one (subset, modality) pair (coherence or PRD of the modality generated from
         the subset): a breakdown of the per-``kind`` means, which it is averaged into.
 
-        PolyMNIST-3 has 21 pairs, so 84 of a run's 127 series (coherence and three PRD values);
+        PolyMNIST-3 has 21 pairs, so 84 of a run's 126 metric series (coherence and three PRD values);
         PolyMNIST-5 has 155 pairs, 620 series. Aim's runs page ships every series of every run, so the training's Aim run keeps them only when
         ``tracking.pair_breakdowns`` is on (``mmplatform.training.run_tracking``). Ray Train's
         reported metrics and the checkpoints hold every value either way.
