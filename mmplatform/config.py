@@ -89,6 +89,13 @@ def per_modality(choices: Mapping[str, Any], modality: str) -> tuple[str, Any] |
 
 
 class ModelConfig(_Section):
+    family: str = "aggregator"
+    """The model family (``models.families``): ``aggregator`` (one shared latent fused by
+    ``aggregator``), ``mmvm``, ``jnf`` or ``jnf_dcca``. It owns the objective, the training stages
+    and what evaluation can ask of the model."""
+    family_options: dict[str, Any] = Field(default_factory=dict)
+    """Options of the family, checked against its typed options (e.g. ``alpha_anneal_steps`` for
+    ``mmvm``, ``joint_epochs`` and the HMC settings for ``jnf``); unknown keys fail here."""
     aggregator: str = "mopoe"
     latent_dim: int = Field(512, ge=1)
     beta: float = Field(2.5, ge=0.0)
@@ -124,6 +131,36 @@ class ModelConfig(_Section):
         if unknown:
             raise ValueError(f"unknown networks {unknown}; registered: {', '.join(sorted(NETWORKS))}")
         return choices
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, name: str) -> str:
+        from models.families import FAMILIES
+
+        if name not in FAMILIES:
+            raise ValueError(f"unknown model family {name!r}; registered: {', '.join(FAMILIES)}")
+        return name
+
+    @field_validator("family_options")
+    @classmethod
+    def _typed_family_options(cls, options: dict[str, Any], info) -> dict[str, Any]:
+        from models.families import model_family
+
+        family = info.data.get("family")
+        if family is None:  # the family itself was refused; that error is reported
+            return options
+        parsed = model_family(family).parse_options(options)
+        return {key: getattr(parsed, key) for key in options}
+
+    @model_validator(mode="after")
+    def _family_takes_settings(self) -> "ModelConfig":
+        """Shared settings the family cannot honour (style latents for MMVM) fail, naming the field."""
+        from models.families import model_family
+
+        check = model_family(self.family).check
+        if check is not None:
+            check(self)
+        return self
 
     @field_validator("aggregator")
     @classmethod
@@ -270,7 +307,13 @@ class TrainConfig(_Section):
         descriptor = dataset_descriptor(self.data.dataset)
         evaluation = self.evaluation
         if evaluation.metrics is None:
-            evaluation.metrics = list(descriptor.metrics)
+            # The dataset's metrics, less those the model family cannot give (MMVM has no log p(X));
+            # the run's ``skipped_evaluations`` says which and why. Asked for by name, they fail.
+            from models.families import model_family
+
+            abilities = model_family(self.model.family).abilities
+            evaluation.metrics = [name for name in descriptor.metrics
+                                  if abilities.log_likelihood or name != "log_likelihood"]
         if evaluation.objective_weights is None:
             produced = _objective_keys(evaluation.metrics)
             evaluation.objective_weights = {
@@ -305,6 +348,7 @@ class TrainConfig(_Section):
             "modalities": ",".join(self.data.modalities) if self.data.modalities else "all",
             "batch_size": self.data.batch_size,
             "steps_per_epoch": self.data.steps_per_epoch,  # None: one pass over the training split
+            "family": self.model.family,
             "aggregator": self.model.aggregator,
             "latent_dim": self.model.latent_dim,
             "beta": self.model.beta,
@@ -326,7 +370,7 @@ class TrainConfig(_Section):
             "run_name": self.name,
         }
         hparams.update(
-            (key, value) for key, value in self.model.aggregator_options.items()
+            (key, value) for key, value in {**self.model.aggregator_options, **self.model.family_options}.items()
             if isinstance(value, (str, int, float, bool))
         )
         hparams.update(self.tracking.tags)
@@ -389,9 +433,26 @@ def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_config(tree: Mapping[str, Any]) -> TrainConfig:
     try:
-        return TrainConfig.model_validate(dict(tree))
+        config = TrainConfig.model_validate(dict(tree))
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error)) from None
+    check_family(config)
+    return config
+
+
+def check_family(config: TrainConfig) -> None:
+    """The family's stages must fit ``training.epochs``, and every metric must be one it can give."""
+    from models.families import model_family
+
+    family = model_family(config.model.family)
+    try:
+        family.schedule(config.model.family_options, config.training.epochs)
+    except ValueError as error:
+        raise ConfigError(f"training.epochs: {error}") from None
+    if not family.abilities.log_likelihood and "log_likelihood" in (config.evaluation.metrics or []):
+        raise ConfigError(
+            f"evaluation.metrics: 'log_likelihood' needs a tractable log p(X), which family {family.name} does not have"
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:

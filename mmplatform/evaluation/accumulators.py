@@ -269,7 +269,7 @@ class CoherenceAccumulator(Accumulator):
         self.scorer = coherence_scorer(ctx.options.label_kind)
         self.counts = CoherenceCounts.zeros(len(ctx.subset_names), len(self.modalities))
         self.random = torch.zeros(2, dtype=torch.float64)  # hits, total
-        self.prior_samples_needed = ctx.options.random_coherence_samples
+        self.prior_samples_needed = ctx.options.random_coherence_samples if ctx.options.unconditional_generation else 0
 
     def observe(self, batch: EvalBatch) -> None:
         num_subsets = len(self.ctx.subset_names)
@@ -375,11 +375,13 @@ class PRDAccumulator(Accumulator):
         capacity = ctx.options.prd_samples
         self.test_sample = PrioritySample(capacity)
         self.prior_sample = PrioritySample(capacity)
-        self.prior_samples_needed = capacity
-        # Pair order: every (subset, modality), then every modality's prior ("random") pair.
+        prior = ctx.options.unconditional_generation
+        self.prior_samples_needed = capacity if prior else 0
+        # Pair order: every (subset, modality), then every modality's prior ("random") pair (none
+        # for a model without unconditional generation).
         self.pairs: list[tuple[int | None, str]] = [
             (s, m) for s in range(len(ctx.subset_names)) for m in self.modalities
-        ] + [(None, m) for m in self.modalities]
+        ] + [(None, m) for m in self.modalities if prior]
         self.values = torch.zeros(len(self.pairs), len(PRD_VALUES), dtype=torch.float64)
 
     def observe(self, batch: EvalBatch) -> None:

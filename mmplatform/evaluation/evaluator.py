@@ -83,6 +83,9 @@ class EvaluationOptions:
     """Informational: the eval reader draws the sample (its ``max_samples``); the pass works on
     whatever the batches hold and reports their number as ``evaluated_samples``."""
     seed: int = 0
+    unconditional_generation: bool = True
+    """Whether the model samples its prior (``sample_prior``); without it (MMVM) random coherence
+    and prior PRD are not computed: no prior pass, no value, never a 0."""
 
     def __post_init__(self) -> None:
         unknown = unknown_metrics(self.metrics)

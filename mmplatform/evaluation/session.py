@@ -23,6 +23,7 @@ from mmplatform.evaluation.evaluator import EvaluationOptions, Evaluator
 from mmplatform.evaluation.metrics import METRICS, PROBE_OPTIONS, needs_classifiers
 from mmplatform.evaluation.results import EvaluationResult, MetricRecord
 from mmplatform.privacy import samples_may_be_logged
+from models.families import model_family
 
 GRID_SAMPLES = 8
 """Test tuples shown per grid (columns); the rows are the subsets."""
@@ -101,9 +102,12 @@ class EvaluationSession:
             check_classifiers(config)
             classifiers = load_classifiers(classifiers_dir(config), manifest, modalities, device)
         images = tuple(spec.name for spec in manifest.modalities if spec.kind == "image" and spec.name in modalities)
+        abilities = model_family(config.model.family).abilities
+        self.unconditional_generation = abilities.unconditional_generation
         options = EvaluationOptions.from_config(
             config.evaluation, seed=config.training.seed, label_kind=manifest.label_kind,
             label_names=manifest.label_names, prd_modalities=images,
+            unconditional_generation=abilities.unconditional_generation,
         )
         self.evaluator = Evaluator(options, classifiers)
         self.image_modalities = images
@@ -125,12 +129,20 @@ class EvaluationSession:
         workers = self.config.data.loader_workers
         probe_batches = make_loader(self.probe_reader, workers) if self.probe_reader is not None else None
         result = self.evaluator.evaluate(self.model, make_loader(eval_reader, workers), probe_batches)
+        # A family's own evaluation measurements (JNF: the HMC acceptance rate of this pass's chains).
+        for name, diagnostic in self._diagnostics().items():
+            result.records.append(MetricRecord(name, diagnostic, {"split": "test"}))
         value = objective(result.scalars(), self.config.evaluation.objective_weights)
         if value is not None:
             result.records.append(MetricRecord("objective", value, {"split": "test"}))
         # A restricted dataset's samples are never rendered, so there is nothing to leak.
         samples = self._generated_samples(eval_reader) if rank == 0 and self.log_samples else []
+        self._diagnostics()  # the sample grids' chains are not the pass's: the next pass starts afresh
         return EvaluationOutcome(result, samples)
+
+    def _diagnostics(self) -> dict[str, float]:
+        read = getattr(self.model, "evaluation_diagnostics", None)
+        return read() if read is not None else {}
 
     @torch.no_grad()
     def _generated_samples(self, eval_reader) -> list[GeneratedSamples]:
@@ -146,7 +158,7 @@ class EvaluationSession:
         self.model.eval()
         try:
             generated = self.model.generate(inputs)  # modality -> [S, B, ...]
-            prior = self.model.sample_prior(GRID_SAMPLES)
+            prior = self.model.sample_prior(GRID_SAMPLES) if self.unconditional_generation else None
         finally:
             self.model.train(was_training)
         samples = []
@@ -154,7 +166,8 @@ class EvaluationSession:
             rows = torch.cat([inputs[name][None], generated[name]], dim=0)  # first row: the input
             grid = make_grid(rows.flatten(0, 1).float().cpu(), nrow=rows.shape[1])
             samples.append(GeneratedSamples("conditional", name, image=grid))
-            samples.append(GeneratedSamples("random", name, image=make_grid(prior[name].float().cpu(), nrow=GRID_SAMPLES)))
+            if prior is not None:
+                samples.append(GeneratedSamples("random", name, image=make_grid(prior[name].float().cpu(), nrow=GRID_SAMPLES)))
         for name, spec in self.text_modalities.items():
             def lines(label: str, ids: torch.Tensor, spec=spec) -> list[str]:
                 return [f"{label}: {self.decode_text(row, spec.vocabulary)}" for row in ids.cpu().numpy()]
@@ -163,5 +176,6 @@ class EvaluationSession:
             for subset, texts in zip(self.model.subset_names, generated[name]):
                 conditional += lines(subset, texts)
             samples.append(GeneratedSamples("conditional", name, text="\n".join(conditional)))
-            samples.append(GeneratedSamples("random", name, text="\n".join(lines("prior", prior[name]))))
+            if prior is not None:
+                samples.append(GeneratedSamples("random", name, text="\n".join(lines("prior", prior[name]))))
         return samples

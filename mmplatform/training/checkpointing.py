@@ -1,6 +1,7 @@
 """What a training checkpoint holds, and how it is written and read back.
 
-Rank 0 writes one file, ``state.pt``: model and optimizer state, the last finished epoch,
+Rank 0 writes one file, ``state.pt``: model and optimizer state, the last finished epoch and its
+training stage,
 the divergence guard, the Aim run hash (so a resumed or retried training re-attaches to
 its run instead of forking a new one) and the RNG state of every rank (gathered once per
 checkpoint), so that a resumed training continues exactly as an uninterrupted one would.
@@ -64,6 +65,9 @@ class TrainingState:
     """The sweep objective of the last evaluation, reported on until the next one."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """What the epoch reported (``ray.train.report``): loss terms, evaluation results, objective."""
+    stage: str | None = None
+    """The training stage ``epoch`` belonged to (``models.families``); the optimizer state is that
+    stage's. ``None`` in checkpoints written before stages existed (one stage)."""
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / STATE_FILE

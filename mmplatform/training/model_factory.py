@@ -1,14 +1,15 @@
-"""Build the MultimodalVAE a config asks for, from the dataset's manifest."""
+"""Build the model a config asks for (its family's), from the dataset's manifest."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from torch import nn
+
 from data_pipelines.manifest import Manifest
 from data_pipelines.modality import ModalitySpec
 from mmplatform.config import ConfigError, TrainConfig, check_against_dataset, per_modality
 from models.likelihoods import build_likelihood
-from models.vae import MultimodalVAE
 
 
 def selected_specs(config: TrainConfig, manifest: Manifest) -> tuple[list[ModalitySpec], dict[str, dict]]:
@@ -82,17 +83,29 @@ def check_aggregator(config: TrainConfig, num_modalities: int) -> None:
         raise ConfigError(f"model.aggregator_options: {config.model.aggregator} refuses them: {error}") from None
 
 
-def build_model(config: TrainConfig, manifest: Manifest) -> MultimodalVAE:
+def model_family_of(config: TrainConfig):
+    """The config's model family (``models.families``)."""
+    from models.families import model_family
+
+    return model_family(config.model.family)
+
+
+def build_model(config: TrainConfig, manifest: Manifest) -> nn.Module:
+    """The model of the config's family, built from the dataset's modalities."""
+    from models.families import ModelRequest
+
     specs, likelihood_options = selected_specs(config, manifest)
-    return MultimodalVAE(
-        specs,
+    family = model_family_of(config)
+    request = ModelRequest(
+        specs=specs,
         networks=selected_networks(config, specs),
-        aggregator=config.model.aggregator,
+        likelihood_options=likelihood_options,
         latent_dim=config.model.latent_dim,
         beta=config.model.beta,
         num_importance_samples=config.model.num_importance_samples,
+        aggregator=config.model.aggregator,
         aggregator_options=config.model.aggregator_options,
-        likelihood_options=likelihood_options,
         style_latent_dim=config.model.style_latent_dim,
         style_beta=config.model.style_beta,
     )
+    return family.build(request, family.parse_options(config.model.family_options))

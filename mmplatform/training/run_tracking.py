@@ -104,6 +104,19 @@ class TrainingTracker:
         self.tracker.close()
 
 
+def skipped_evaluations(config: TrainConfig) -> str:
+    """What the family never evaluates and why, for the run's hparams (``none`` when it evaluates
+    everything): a missing random coherence must read as "does not apply", never as 0."""
+    from models.families import model_family
+
+    family = model_family(config.model.family)
+    skipped = family.abilities.skipped_evaluations(family.name)
+    if not skipped:
+        return "none"
+    reasons = sorted(set(skipped.values()))
+    return f"{', '.join(skipped)} ({'; '.join(reasons)})"
+
+
 def open_tracker(config: TrainConfig, run_hash: str | None, samples_logged: bool = True) -> TrainingTracker:
     """``samples_logged``: whether generated samples will be tracked (``mmplatform.privacy``),
     recorded in the run so that a missing image grid is never a mystery."""
@@ -113,7 +126,8 @@ def open_tracker(config: TrainConfig, run_hash: str | None, samples_logged: bool
         experiment=config.tracking.experiment,
         run_name=config.tracking.run_name or config.name,
         run_hash=run_hash,
-        hparams={**config.flat_hparams(), "samples_logged": samples_logged},
+        hparams={**config.flat_hparams(), "samples_logged": samples_logged,
+                 "skipped_evaluations": skipped_evaluations(config)},
         fallback_dir=config.tracking.resolved_fallback_dir(),
     )
     path = _hash_file(config)

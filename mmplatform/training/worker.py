@@ -35,8 +35,9 @@ from mmplatform.training.checkpointing import (
     write_checkpoint_dir,
 )
 from mmplatform.training.divergence import DIVERGED, FINISHED, RUNNING, DivergenceGuard
-from mmplatform.training.model_factory import build_model
+from mmplatform.training.model_factory import build_model, model_family_of
 from mmplatform.training.run_tracking import open_tracker
+from mmplatform.training.stages import check_checkpoint_stage, enter_stage
 from mmplatform.training.test_hooks import TestHooks
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(config.training.seed)
     np.random.seed(config.training.seed)
     model = build_model(config, manifest).to(device)
-    # fused=True: one kernel for all parameters; the per-parameter CPU loop cost more than the step.
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate, fused=True)
+    schedule = model_family_of(config).schedule(config.model.family_options, config.training.epochs)
     guard = DivergenceGuard(config.training.max_bad_steps, config.training.grad_clip_norm)
 
     start_epoch, run_hash, last_objective = 1, loop_config.get("aim_run_hash"), 0.0
@@ -114,11 +114,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = TrainingState.load(directory)
+        check_checkpoint_stage(schedule, state.epoch, state.stage)
         model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
         guard.load_state_dict(state.guard)
         start_epoch, run_hash, last_objective = state.epoch + 1, state.aim_run_hash, state.last_objective
 
+    # The stage of the first epoch to run: its frozen groups and its optimizer, which continues
+    # from the checkpoint's state only when the checkpoint's epoch was in the same stage.
+    stage_index = schedule.index_at(min(start_epoch, config.training.epochs))
+    optimizer = enter_stage(model, schedule.stages[stage_index], config.training.learning_rate)
+    if state is not None and schedule.index_at(state.epoch) == stage_index:
+        optimizer.load_state_dict(state.optimizer)
     # Evaluation runs the unwrapped module (no DDP collectives inside its forward).
     ddp_model = ray.train.torch.prepare_model(model) if world_size > 1 else model
     steps = steps_per_epoch(config, manifest.num_samples, world_size)
@@ -148,6 +154,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     metrics: dict[str, Any] | None = None
     try:
         for epoch in range(start_epoch, config.training.epochs + 1):
+            if schedule.index_at(epoch) != stage_index:
+                stage_index = schedule.index_at(epoch)
+                optimizer = enter_stage(model, schedule.stages[stage_index], config.training.learning_rate)
+                if world_size > 1:
+                    del ddp_model  # DDP registers the trained parameters when built: wrap anew
+                    ddp_model = ray.train.torch.prepare_model(model)
+            stage = schedule.stages[stage_index]
             train_reader.set_epoch(epoch)
             sums = train_one_epoch(ddp_model, optimizer, guard, make_loader(train_reader, config.data.loader_workers),
                                    device, epoch=epoch, hooks=hooks)
@@ -162,9 +175,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 for (name, modality), value in totals.items()
             ]
             train_records.append(MetricRecord("bad_steps", float(guard.bad_steps), TRAIN_CONTEXT))
+            if len(schedule.stages) > 1:  # Aim shows where each stage begins (0, 1, ... in order)
+                train_records.append(MetricRecord("stage", float(stage_index), TRAIN_CONTEXT))
             metrics = {record.flat_name: record.value for record in train_records}
             status = DIVERGED if guard.diverged else (FINISHED if epoch == config.training.epochs else RUNNING)
-            metrics.update(epoch=epoch, status=status, bad_steps=guard.bad_steps, skipped_steps=skipped_steps)
+            metrics.update(epoch=epoch, status=status, bad_steps=guard.bad_steps, skipped_steps=skipped_steps,
+                           stage=stage.name)
 
             evaluated = status != DIVERGED and (
                 epoch % config.evaluation.every_n_epochs == 0 or epoch == config.training.epochs
@@ -182,7 +198,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 state = TrainingState(
                     epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                     guard=guard.state_dict(), aim_run_hash=tracker.run_hash, rng_states=rng_states,
-                    status=status, last_objective=last_objective, metrics=dict(metrics),
+                    status=status, last_objective=last_objective, metrics=dict(metrics), stage=stage.name,
                 )
                 checkpoint_dir = write_checkpoint_dir(state)
             try:
