@@ -328,6 +328,31 @@ def check_thesis_comparison(result: dict, out: Path) -> None:
     assert ("## Seed spread" in markdown) == bool(expected)
 
 
+def check_families_comparison(result: dict, out: Path) -> None:
+    subsets = ["m0", "m1", "m2", "m0_m1", "m0_m2", "m1_m2", "m0_m1_m2"]
+    methods = result["methods"]
+    assert set(methods) == set(result["settings"]["methods"]) == {"mopoe", "jnf", "jnf_dcca", "mmvm", "independent"}
+    for name, method in methods.items():
+        assert method["error"] is None, (name, method["error"])
+        assert all(fraction(method["latent_accuracy"][s]) for s in subsets), (name, method["latent_accuracy"])
+        unconditional = method["settings"]["family"] != "mmvm"
+        for kind in ("missing", "reconstruction", "random"):
+            if kind == "random" and not unconditional:  # skipped, never a 0
+                assert method["coherence"][kind] is None and method["prd"][kind] is None, name
+            else:
+                assert fraction(method["coherence"][kind]) and fraction(method["prd"][kind]), (name, kind)
+        assert (method["hmc_acceptance"] is not None) == name.startswith("jnf"), name
+    costs = result["step_cost"]["costs"]
+    assert costs["mopoe"]["train"]["vs_mopoe"] == 1.0
+    assert list(costs["jnf_dcca"]) == ["dcca", "joint", "unimodal", "training_mean"]
+    for stages in costs.values():
+        for cost in stages.values():
+            assert positive(cost["step_s"]) and positive(cost["vs_mopoe"])
+            assert cost["vs_mopoe"] == pytest.approx(cost["step_s"] / costs["mopoe"]["train"]["step_s"])
+    markdown = out.with_suffix(".md").read_text()
+    assert "## Latent accuracy per subset" in markdown and "## Train-step cost" in markdown and "n/a" in markdown
+
+
 def check_train_step(result: dict, out: Path) -> None:
     assert result.get("dataset", "polymnist") in ("polymnist", "celeba")
     for key in ("samples_per_s", "bare_samples_per_s", "ceiling_fraction", "bare_ceiling_fraction", "model_vs_bare",
@@ -347,6 +372,7 @@ CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "component_selection": check_component_selection,
     "data_reader": check_data_reader,
     "evaluation": check_evaluation,
+    "families_comparison": check_families_comparison,
     "fault_matrix": check_fault_matrix,
     "latent_emergence": check_latent_emergence,
     "prd_agreement": check_prd_agreement,

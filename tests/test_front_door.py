@@ -82,7 +82,7 @@ def test_trials_table_ranks_by_objective_and_shows_the_headline_metrics():
     ]
     lines = trials_table(trials, searched).splitlines()
     header = lines[0].split()
-    assert header[:3] == ["rank", "trial", "aggregator"] and "num_flows" in header and "beta" in header
+    assert header[:3] == ["rank", "trial", "method"] and "num_flows" in header and "beta" in header
     assert "latent" in header and "PRD" in header and header[-2:] == ["epochs", "status"]
     # Only the metrics the trials report: no multi-label (AP) or log-likelihood columns here.
     assert "AP" not in header and "log" not in header
@@ -90,6 +90,13 @@ def test_trials_table_ranks_by_objective_and_shows_the_headline_metrics():
     best = lines[1].split()
     assert best[0] == "1" and best[2] == "mopgfm" and "0.420" in best and "0.710" in best and best[-1] == "finished"
     assert lines[3].split()[-1] == "error"
+    # A trial of another model family is named by its family, and the family is no column of its own.
+    families = [{"trial_id": "t_jnf", "status": "finished", "epoch": 3, "objective": 0.3,
+                 "config": {"model.aggregator": "mopoe", "model.family": "jnf"}},
+                {"trial_id": "t_mopoe", "status": "finished", "epoch": 3, "objective": 0.2,
+                 "config": {"model.aggregator": "mopoe", "model.family": "aggregator"}}]
+    lines = trials_table(families, ["model.aggregator", "model.family"]).splitlines()
+    assert "family" not in lines[0].split() and [line.split()[2] for line in lines[1:]] == ["jnf", "mopoe"]
 
 
 def test_a_trial_is_named_for_people_in_aim():

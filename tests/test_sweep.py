@@ -87,6 +87,23 @@ def test_smoke_sweep_asha_stops_some_and_every_trial_has_its_aim_run(data_root):
     assert sorted(r.run_hash for r in found) == sorted(r.run_hash for r in wanted)
 
 
+def test_smoke_families_sweep_trains_every_family_with_its_aim_run(data_root):
+    from sweeps.polymnist_families import STUDY
+
+    from mmplatform.sweep.script import main
+
+    summary = main(STUDY, ["--profile", "smoke", "--name", "smoke-families", "--num-samples", "1",
+                           "--max-epochs", "3", "--grace-period", "3"])
+    trials = summary["trials"]
+    assert sorted(t["config"]["model.family"] for t in trials) == ["aggregator", "jnf", "jnf_dcca", "mmvm"]
+    assert all(t["error"] is None and t["epoch"] == 3 and t["status"] == "finished" for t in trials)
+    _assert_one_run_per_trial(data_root, "smoke-families", trials)
+    _, runs = _sweep_runs(data_root, "smoke-families")
+    assert sorted(run.hparams["family"] for run in runs) == ["aggregator", "jnf", "jnf_dcca", "mmvm"]
+    assert all(run.name.endswith(run.hparams["family"] if run.hparams["family"] != "aggregator" else "mopoe")
+               for run in runs)
+
+
 def test_an_interrupted_sweep_continues_without_losing_or_duplicating(data_root, ray_cluster):
     name = "smoke-restore"
     command = [sys.executable, str(SWEEP_SCRIPT), "--profile", "smoke", "--name", name,

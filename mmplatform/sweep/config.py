@@ -11,6 +11,8 @@ from mmplatform.sweep.search_space import ParamSpec
 
 AGGREGATOR_KEY = "model.aggregator"
 OPTIONS_PREFIX = "model.aggregator_options."
+FAMILY_KEY = "model.family"
+FAMILY_OPTIONS_PREFIX = "model.family_options."
 
 
 class _Section(BaseModel):
@@ -53,15 +55,20 @@ class SweepConfig(_Section):
         search the flows' options and also run MoPoE, which has none (conditional parameters)."""
         aggregator = sampled.get(AGGREGATOR_KEY) or self.base.get("model", {}).get("aggregator") \
             or ModelConfig.model_fields["aggregator"].default
-        tree = merge(self.base, nest(applicable(sampled, aggregator)))
+        family = self.family_of(sampled)
+        tree = merge(self.base, nest(applicable(sampled, aggregator, family)))
         tree = merge(tree, {
             "name": f"{self.name}-{trial_id}",
             "training": {"epochs": self.scheduler.max_epochs},
             # What a person reads in the Aim UI: the sweep as experiment, runs named by trial and method.
-            "tracking": {"experiment": self.name, "run_name": f"{self.name}/{trial_id} {aggregator}",
+            "tracking": {"experiment": self.name, "run_name": f"{self.name}/{trial_id} {method_name(family, aggregator)}",
                          "tags": {"sweep": self.name, "trial_id": trial_id}},
         })
         return build_config(tree)
+
+    def family_of(self, sampled: dict[str, Any]) -> str:
+        return sampled.get(FAMILY_KEY) or self.base.get("model", {}).get("family") \
+            or ModelConfig.model_fields["family"].default
 
     def validate_trials(self) -> TrainConfig:
         """Check every value a trial can get before Ray starts: each choice or grid value and both
@@ -89,16 +96,29 @@ def _edge_values(spec) -> list[Any]:
     return list(spec.values) if hasattr(spec, "values") else [spec.low, spec.high]
 
 
-def applicable(sampled: dict[str, Any], aggregator: str) -> dict[str, Any]:
-    """``sampled`` without the aggregator options ``aggregator`` does not take."""
+def method_name(family: str, aggregator: str) -> str:
+    """What a trial trains, as its run name and the trials table say it: the aggregator for the
+    ``aggregator`` family (``mopoe``), else the family (``jnf``)."""
+    return aggregator if family == ModelConfig.model_fields["family"].default else family
+
+
+def applicable(sampled: dict[str, Any], aggregator: str, family: str | None = None) -> dict[str, Any]:
+    """``sampled`` without the options that ``aggregator`` and ``family`` do not take (a study of
+    several families searches each one's options only where it applies)."""
     from models.aggregators import AGGREGATORS  # registers every aggregator
     from models.aggregators.base import options_model
+    from models.families import FAMILIES
 
-    if aggregator not in AGGREGATORS:  # build_config names the field and the registered ones
-        return sampled
-    accepted = set(options_model(aggregator).model_fields)
-    return {key: value for key, value in sampled.items()
-            if not key.startswith(OPTIONS_PREFIX) or key.removeprefix(OPTIONS_PREFIX) in accepted}
+    kept = dict(sampled)
+    if aggregator in AGGREGATORS:  # otherwise build_config names the field and the registered ones
+        accepted = set(options_model(aggregator).model_fields)
+        kept = {key: value for key, value in kept.items()
+                if not key.startswith(OPTIONS_PREFIX) or key.removeprefix(OPTIONS_PREFIX) in accepted}
+    if family in FAMILIES:
+        accepted = set(FAMILIES[family].options.model_fields)
+        kept = {key: value for key, value in kept.items()
+                if not key.startswith(FAMILY_OPTIONS_PREFIX) or key.removeprefix(FAMILY_OPTIONS_PREFIX) in accepted}
+    return kept
 
 
 def build_sweep_config(tree: dict[str, Any]) -> SweepConfig:

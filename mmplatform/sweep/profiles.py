@@ -50,6 +50,9 @@ class Study:
     """A registered dataset (``data_pipelines.datasets``)."""
     aggregators: tuple[str, ...]
     search_space: dict[str, ParamSpec]
+    objective_weights: dict[str, float] | None = None
+    """The trials' objective when the study needs its own (every profile's otherwise): a study of
+    several model families ranks them by what all of them produce."""
 
     @property
     def descriptor(self) -> DatasetDescriptor:
@@ -104,7 +107,10 @@ def _template(study: Study, dataset_profile: ProfileDefaults, /, **sections: dic
     }
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
-    return merge(base, dataset_profile.config)
+    base = merge(base, dataset_profile.config)
+    if study.objective_weights is not None:
+        base["evaluation"] = {**base.get("evaluation", {}), "objective_weights": dict(study.objective_weights)}
+    return base
 
 
 _PARAM_SPEC = TypeAdapter(ParamSpec)

@@ -18,6 +18,8 @@ HEADLINE_METRICS = {"objective": "objective", **headline_columns()}
 metric's headline value (``mmplatform.evaluation.metrics``); a table shows those its trials have."""
 
 AGGREGATOR_KEY = "model.aggregator"
+FAMILY_KEY = "model.family"
+DEFAULT_FAMILY = "aggregator"
 
 
 def ranked(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -48,10 +50,11 @@ def _short(key: str) -> str:
 
 
 def trials_table(trials: list[dict[str, Any]], searched: list[str]) -> str:
-    """A fixed-width table: rank, trial, aggregator, searched values, headline metrics, epochs, status."""
-    params = [key for key in searched if key != AGGREGATOR_KEY]
+    """A fixed-width table: rank, trial, method (the aggregator, or the model family when it is not
+    the aggregator family), searched values, headline metrics, epochs, status."""
+    params = [key for key in searched if key not in (AGGREGATOR_KEY, FAMILY_KEY)]
     metrics = [name for name in HEADLINE_METRICS if any(trial.get(name) is not None for trial in trials)]
-    header = ["rank", "trial", "aggregator", *(_short(key) for key in params),
+    header = ["rank", "trial", "method", *(_short(key) for key in params),
               *(HEADLINE_METRICS[name] for name in metrics), "epochs", "status"]
     rows = [header]
     for rank, trial in enumerate(ranked(trials), start=1):
@@ -59,7 +62,8 @@ def trials_table(trials: list[dict[str, Any]], searched: list[str]) -> str:
         rows.append([
             str(rank),
             str(trial.get("trial_id") or "-"),
-            str(config.get(AGGREGATOR_KEY, "-")),
+            str(config.get(AGGREGATOR_KEY, "-") if config.get(FAMILY_KEY, DEFAULT_FAMILY) == DEFAULT_FAMILY
+                else config[FAMILY_KEY]),
             *(_format(config.get(key)) for key in params),
             *(_format(trial.get(name)) for name in metrics),
             _format(trial.get("epoch")),

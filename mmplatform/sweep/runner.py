@@ -104,7 +104,7 @@ def run_sweep(sweep: SweepConfig, storage_path: str, cluster_resources: dict[str
 def trial_values(config: dict[str, Any], sweep: SweepConfig) -> dict[str, Any]:
     sampled = {key: value for key, value in config.items() if key in sweep.search_space}
     aggregator = sampled.get(AGGREGATOR_KEY) or sweep.base.get("model", {}).get("aggregator")
-    return applicable(sampled, aggregator) if aggregator else sampled
+    return applicable(sampled, aggregator, sweep.family_of(sampled)) if aggregator else sampled
 
 
 def summarize(results, sweep: SweepConfig) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def parse_args(study: Study, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aggregators", help=f"comma-separated subset of {', '.join(study.aggregators)} "
                                               "(default: the profile's choice among them; local: mopgfm)")
     parser.add_argument("--max-epochs", type=positive_int, help="epochs of a trial that ASHA never stops")
+    parser.add_argument("--grace-period", type=positive_int,
+                        help="epochs every trial runs before ASHA may stop it (default: the profile's)")
     parser.add_argument("--steps-per-epoch", type=positive_int,
                         help="training steps per epoch (default: the profile's)")
     parser.add_argument("--workers-per-trial", type=positive_int, help="DDP workers per trial (cluster)")
@@ -81,6 +83,9 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
     base["data"] = {**base["data"], "path": str(dataset_dir(plan))}
     if args.steps_per_epoch is not None:
         base["data"]["steps_per_epoch"] = args.steps_per_epoch
+    grace_period = args.grace_period or plan.grace_period
+    if grace_period > plan.max_epochs:
+        raise ConfigError(f"--grace-period: {grace_period} is more than the trials' {plan.max_epochs} epochs (--max-epochs)")
     base["storage_path"] = plan.storage_path
     # Resolve every location here, in the sweep's driver: trial drivers run in Ray workers
     # whose environment must not decide where data, checkpoints and Aim runs go.
@@ -91,7 +96,7 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
         "search_space": {key: spec.model_dump() for key, spec in space.items()},
         "num_samples": plan.num_samples,
         "scheduler": {"kind": args.scheduler, "max_epochs": plan.max_epochs,
-                      "grace_period": plan.grace_period, "reduction_factor": plan.reduction_factor},
+                      "grace_period": grace_period, "reduction_factor": plan.reduction_factor},
         "driver_resources": plan.driver_resources,
         "max_concurrent_trials": plan.max_concurrent_trials,
         "search_seed": args.search_seed if args.search_seed is not None else plan.search_seed,
