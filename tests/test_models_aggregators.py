@@ -209,3 +209,24 @@ def test_cache_blocked_subset_kls_and_selection_match_the_plain_composition(prio
         results.append((kl, sel_mu, sel_lv, *grads))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+def test_avg_averages_means_and_standard_deviations_of_each_subset():
+    """AVG (seed 003 eq. 13-14) against a loop over subsets and experts."""
+    from models.aggregators import build_aggregator
+    from models.subsets import subset_mask
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    subsets = subset_mask(3)
+    posteriors = build_aggregator("avg", 3, 5).subset_posteriors(mu, logvar, subsets)
+    for row, mask in enumerate(subsets):
+        members = [m for m in range(3) if mask[m]]
+        expected_mean = sum(mu[m] for m in members) / len(members)
+        expected_std = sum(logvar[m].mul(0.5).exp() for m in members) / len(members)
+        torch.testing.assert_close(posteriors.mean[row], expected_mean)
+        torch.testing.assert_close(posteriors.variance[row].sqrt(), expected_std)
+    # Training uses the full set only; its divergence is the closed-form KL of that average.
+    aggregation = build_aggregator("avg", 3, 5)(mu, logvar, subsets, 1)
+    joint = posteriors[len(subsets) - 1: len(subsets)]
+    torch.testing.assert_close(aggregation.divergence, joint.kl_standard_normal())

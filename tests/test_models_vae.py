@@ -13,7 +13,7 @@ from data_pipelines.modality import ModalitySpec
 from models import MultimodalVAE
 from models.networks import NETWORKS, NetworkEntry, register_networks
 
-FIXED = ["poe", "moe", "mopoe", "mmjsd"]
+FIXED = ["poe", "moe", "mopoe", "mmjsd", "avg"]
 SIGMA = 0.8  # Gaussian likelihood scale of the linear test model
 
 

@@ -15,7 +15,7 @@ from models.aggregators.base import (
     register_aggregator,
 )
 
-FIXED_FUSION_MODULES: tuple[str, ...] = ("poe", "moe", "mopoe", "mmjsd")
+FIXED_FUSION_MODULES: tuple[str, ...] = ("poe", "moe", "mopoe", "mmjsd", "avg")
 
 # ---------------------------------------------------------------------------------------
 # Learnable f-mean aggregators (thesis, seed 000, ch. 4): add the module names here as the
