@@ -180,3 +180,39 @@ def test_replicas_stay_identical_and_a_nan_on_one_rank_is_skipped_by_both(
     first_epoch = TrainingState.load(run / "checkpoint_epoch=0001")
     assert first_epoch.metrics["skipped_steps"] == 1 and first_epoch.guard == {"bad_steps": 1}
     assert all(torch.isfinite(p).all() for p in TrainingState.load(run / f"checkpoint_epoch={epochs:04d}").model.values())
+
+
+def test_a_staged_family_keeps_replicas_identical_across_its_stages(ray_cluster, polymnist_shards, tmp_path, monkeypatch):
+    """JNF-DCCA on 2 DDP workers: each stage trains another parameter group, so each stage wraps
+    the model in DDP anew (DDP registers the trained parameters when built). The replicas stay
+    bitwise equal through every step of every stage, and every stage moves them."""
+    from mmplatform.training.launcher import fit
+
+    steps_per_epoch, epochs = 2, 3
+    config = build_config({
+        "name": "ddp-stages",
+        "storage_path": str(tmp_path / "results"),
+        "data": {"path": str(polymnist_shards), "batch_size": 4, "steps_per_epoch": steps_per_epoch,
+                 "loader_workers": 0, "eval_batch_size": 32},
+        "model": {"family": "jnf_dcca", "latent_dim": 4,
+                  "family_options": {"dcca_epochs": 1, "joint_epochs": 1, "dcca_dim": 2, "flow_steps": 1,
+                                     "flow_width": 8, "posterior_samples": 2, "hmc_burn_in": 2}},
+        "training": {"epochs": epochs, "max_failures": 0, "checkpoints_to_keep": epochs},
+        "evaluation": {"metrics": ["latent_probe"], "objective_weights": {"latent_accuracy": 1.0},
+                       "probe_train_samples": 16, "sample_limit": 16, "every_n_epochs": epochs},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1.0},
+        "tracking": {"repo": str(tmp_path / "aim"), "fallback_dir": str(tmp_path / "fallback")},
+    })
+    events = tmp_path / "events"
+    monkeypatch.setenv(HOOKS_ENV, json.dumps({"events_dir": str(events), "record_steps": True}))
+    result = fit(config)
+    assert result.error is None and result.metrics["status"] == "finished"
+    records = {rank: [json.loads(line) for line in (events / f"steps.rank{rank}.jsonl").read_text().splitlines()]
+               for rank in (0, 1)}
+    assert len(records[0]) == epochs * steps_per_epoch
+    for first, second in zip(records[0], records[1], strict=True):
+        assert first == second, f"ranks differ after epoch {first['epoch']} step {first['step']}"
+    digests = [record["digest"] for record in records[0]]
+    assert len(set(digests)) == len(digests), "a step of some stage did not train"
+    run = tmp_path / "results" / "ddp-stages"
+    assert [TrainingState.load(run / f"checkpoint_epoch={e:04d}").stage for e in (1, 2, 3)] == ["dcca", "joint", "unimodal"]
