@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, create_model
 from torch import Tensor, nn
+
+from models.options import parse_typed_options
 
 
 class SubsetPosterior(Protocol):
@@ -156,18 +158,7 @@ def validate_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     (a YAML ``2`` for a float field becomes ``2.0``); only the given keys are returned.
 
     Raises ``ValueError`` whose lines each name the option, what is wrong and the value given."""
-    try:
-        validated = options_model(name).model_validate(dict(options))
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            field = ".".join(str(part) for part in item["loc"])
-            if item["type"] == "extra_forbidden":
-                known = ", ".join(options_model(name).model_fields)
-                problems.append(f"{field}: not an option of {name} (its options: {known or 'none'})")
-            else:
-                problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
-        raise ValueError("; ".join(problems)) from None
+    validated = parse_typed_options(options_model(name), options, name)
     return {key: getattr(validated, key) for key in options}
 
 

@@ -36,10 +36,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from data_pipelines.modality import ModalitySpec
+from models.options import parse_typed_options
 
 
 @dataclass(frozen=True)
@@ -134,18 +135,7 @@ class ModelFamily:
 
     def parse_options(self, options: Mapping[str, Any]) -> BaseModel:
         """``model.family_options`` as this family's typed options; ``ValueError`` naming the option."""
-        try:
-            return self.options.model_validate(dict(options))
-        except ValidationError as error:
-            problems = []
-            for item in error.errors():
-                key = ".".join(str(part) for part in item["loc"])
-                if item["type"] == "extra_forbidden":
-                    known = ", ".join(self.options.model_fields) or "none"
-                    problems.append(f"{key}: not an option of family {self.name} (its options: {known})")
-                else:
-                    problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
-            raise ValueError("; ".join(problems)) from None
+        return parse_typed_options(self.options, options, f"family {self.name}")
 
     def schedule(self, options: Mapping[str, Any], epochs: int) -> StageSchedule:
         """The stages of a training of ``epochs`` epochs; ``ValueError`` when a stage gets none."""
