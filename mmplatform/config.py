@@ -152,16 +152,6 @@ class ModelConfig(_Section):
         parsed = model_family(family).parse_options(options)
         return {key: getattr(parsed, key) for key in options}
 
-    @model_validator(mode="after")
-    def _family_takes_settings(self) -> "ModelConfig":
-        """Shared settings the family cannot honour (style latents for MMVM) fail, naming the field."""
-        from models.families import model_family
-
-        check = model_family(self.family).check
-        if check is not None:
-            check(self)
-        return self
-
     @field_validator("aggregator")
     @classmethod
     def _known_aggregator(cls, name: str) -> str:
@@ -441,10 +431,16 @@ def build_config(tree: Mapping[str, Any]) -> TrainConfig:
 
 
 def check_family(config: TrainConfig) -> None:
-    """The family's stages must fit ``training.epochs``, and every metric must be one it can give."""
+    """The family must take the shared model settings (no style latents for MMVM), its stages must
+    fit ``training.epochs``, and every metric must be one it can give."""
     from models.families import model_family
 
     family = model_family(config.model.family)
+    if family.check is not None:
+        try:
+            family.check(config.model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     try:
         family.schedule(config.model.family_options, config.training.epochs)
     except ValueError as error:
