@@ -55,6 +55,12 @@ class HMCSettings:
     """Transitions discarded first."""
     thin: int = 1
     """Keep every ``thin``-th transition after burn-in."""
+    target_acceptance: float | None = None
+    """If set, every chain tunes its own step size during burn-in towards this MH acceptance
+    probability (Robbins-Monro on the log step size, rate 1/sqrt(t+1)), starting from
+    ``step_size``, then keeps it fixed: the kept transitions are exact HMC. A posterior many times
+    narrower than ``step_size`` would otherwise reject every proposal and never leave its start.
+    ``None``: every chain uses ``step_size`` throughout."""
 
     def __post_init__(self) -> None:
         step = self.step_size
@@ -64,6 +70,9 @@ class HMCSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        target = self.target_acceptance
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1):
+            raise ValueError(f"target_acceptance must be None or a number in (0, 1), got {target!r}")
 
 
 @dataclass
@@ -143,7 +152,8 @@ def hmc_sample(
         raise ValueError(f"initial must be a floating-point tensor, got {initial.dtype}")
     chain_shape = initial.shape[:-1]
     draw = {"dtype": initial.dtype, "device": initial.device, "generator": generator}
-    eps = settings.step_size
+    # One step size per chain ([*chain_shape, 1], broadcast over D); tuned only during burn-in.
+    log_eps = torch.full((*chain_shape, 1), math.log(settings.step_size), dtype=initial.dtype, device=initial.device)
 
     z = initial.detach().clone()
     value, grad = _log_prob_and_grad(log_prob, z, chain_shape)
@@ -152,6 +162,7 @@ def hmc_sample(
 
     total = settings.burn_in + settings.num_samples * settings.thin
     for t in range(total):
+        eps = log_eps.exp()
         v0 = torch.randn(initial.shape, **draw)
         # Leapfrog with the half steps of consecutive steps merged into full momentum steps.
         z_new, v = z, v0 + 0.5 * eps * grad
@@ -169,6 +180,10 @@ def hmc_sample(
         # h0 = inf (a start where log_prob = -inf) accepts any finite proposal.
         ok = torch.isfinite(h1) & torch.isfinite(z_new).all(-1)
         accept = ok & (log_u < h0 - h1)
+        if settings.target_acceptance is not None and t < settings.burn_in:
+            probability = torch.where(ok, (h0 - h1).clamp(max=0.0).exp(), torch.zeros_like(h1))
+            probability = torch.nan_to_num(probability, nan=0.0)
+            log_eps = log_eps + (probability - settings.target_acceptance).unsqueeze(-1) / math.sqrt(t + 1)
 
         keep = accept.unsqueeze(-1)
         z = torch.where(keep, z_new, z)

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.distributions import Normal
 
 from models.distributions import DiagonalGaussian
 from models.hmc import HMCResult, HMCSettings, hmc_sample, product_of_experts_log_prob
@@ -266,3 +267,34 @@ def test_seeded_generator_reproduces_and_leaves_global_rng_alone():
     assert torch.equal(first.samples, second.samples)
     assert torch.equal(first.chain_acceptance, second.chain_acceptance)
     assert not torch.equal(first.samples, other.samples)
+
+
+def test_step_size_adaptation_lets_chains_mix_on_a_posterior_far_narrower_than_the_step():
+    """A Gaussian of std 0.01 with a starting step of 0.5: fixed, every proposal is rejected and
+    the chains never leave their start; tuned during burn-in, the kept transitions accept near the
+    target and reproduce the mean and standard deviation."""
+    torch.manual_seed(3)
+    dim, chains, std = 6, 400, 0.01
+    mean = torch.linspace(-1.0, 1.0, dim, dtype=torch.float64)
+    target = Normal(mean, torch.full((dim,), std, dtype=torch.float64))
+
+    def log_prob(z):
+        return target.log_prob(z).sum(-1)
+
+    initial = mean + 5 * std * torch.randn(chains, dim, dtype=torch.float64)
+    fixed = hmc_sample(log_prob, initial, HMCSettings(step_size=0.5, leapfrog_steps=5, burn_in=100, num_samples=5),
+                       generator=torch.Generator().manual_seed(0))
+    assert float(fixed.acceptance_rate) < 0.01
+    tuned = hmc_sample(log_prob, initial, HMCSettings(step_size=0.5, leapfrog_steps=5, burn_in=100, num_samples=5,
+                                                      target_acceptance=0.65),
+                       generator=torch.Generator().manual_seed(0))
+    assert 0.4 < float(tuned.acceptance_rate) < 0.95
+    samples = tuned.samples.reshape(-1, dim)
+    standard_error = std / math.sqrt(chains)  # the chains' kept samples are correlated; use the chain count
+    assert (samples.mean(0) - mean).abs().max() < 5 * standard_error
+    assert ((samples.std(0) / std) - 1).abs().max() < 0.15
+
+
+def test_target_acceptance_is_validated():
+    with pytest.raises(ValueError, match="target_acceptance"):
+        HMCSettings(target_acceptance=1.0)

@@ -67,7 +67,10 @@ class JNFOptions(BaseModel):
     hmc_step_size: float = Field(0.05, gt=0.0)
     hmc_leapfrog_steps: int = Field(10, ge=1)
     hmc_burn_in: int = Field(50, ge=0)
-    """The paper gives no HMC settings (seed digest, section 7)."""
+    hmc_target_acceptance: float | None = Field(0.65, gt=0.0, lt=1.0)
+    """Each chain tunes its step size (from ``hmc_step_size``) towards this acceptance probability
+    during burn-in, so the sampler follows the posterior's scale as training narrows it; ``None``
+    keeps ``hmc_step_size``. The paper gives no HMC settings (seed digest, section 7)."""
 
 
 class JNFDCCAOptions(JNFOptions):
@@ -175,6 +178,7 @@ class JNFVAE(StagedModel, MultimodalVAE):
         self.hmc = HMCSettings(
             step_size=options.hmc_step_size, leapfrog_steps=options.hmc_leapfrog_steps,
             num_samples=options.posterior_samples, burn_in=options.hmc_burn_in,
+            target_acceptance=options.hmc_target_acceptance,
         )
         self._acceptance = [0.0, 0]  # sum of the runs' acceptance rates, runs (since the last read)
         self.stage = "joint"
