@@ -223,7 +223,7 @@ def epoch_template(config_json: dict[str, Any]):
     if value is not None:
         result.records.append(MetricRecord("objective", value, {"split": "test"}))
     session = types.SimpleNamespace(model=model, image_modalities=tuple(config.data.modalities),
-                                    text_modalities={}, decode_text=None)
+                                    text_modalities={}, decode_text=None, unconditional_generation=True)
     samples = EvaluationSession._generated_samples(session, [_Batch(inputs, labels, [])])
     return train_records, EvaluationOutcome(result, samples)
 
