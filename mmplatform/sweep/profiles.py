@@ -50,9 +50,9 @@ class Study:
     """A registered dataset (``data_pipelines.datasets``)."""
     aggregators: tuple[str, ...]
     search_space: dict[str, ParamSpec]
-    objective_weights: dict[str, float] | None = None
-    """The trials' objective when the study needs its own (every profile's otherwise): a study of
-    several model families ranks them by what all of them produce."""
+    evaluation: dict[str, Any] | None = None
+    """Evaluation settings the study needs whatever the profile and dataset say (applied last): a
+    study of several model families evaluates and ranks them by what all of them produce."""
 
     @property
     def descriptor(self) -> DatasetDescriptor:
@@ -108,8 +108,8 @@ def _template(study: Study, dataset_profile: ProfileDefaults, /, **sections: dic
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
     base = merge(base, dataset_profile.config)
-    if study.objective_weights is not None:
-        base["evaluation"] = {**base.get("evaluation", {}), "objective_weights": dict(study.objective_weights)}
+    if study.evaluation is not None:
+        base["evaluation"] = {**base.get("evaluation", {}), **study.evaluation}
     return base
 
 

@@ -89,7 +89,12 @@ def sweep_config(study: Study, plan: SweepPlan, args: argparse.Namespace) -> Swe
     base["storage_path"] = plan.storage_path
     # Resolve every location here, in the sweep's driver: trial drivers run in Ray workers
     # whose environment must not decide where data, checkpoints and Aim runs go.
+    given = dict(base.get("evaluation", {}))
     base = build_config(base).with_resolved_paths().model_dump(mode="json", exclude={"name"})
+    # Metrics and objective the template leaves open stay open: each trial's config fills them from
+    # the dataset for its own model family (MMVM's defaults have no log-likelihood).
+    for key in ("metrics", "objective_weights"):
+        base["evaluation"][key] = given.get(key)
     return build_sweep_config({
         "name": args.name or f"{study.name}-{plan.profile}",
         "base": base,

@@ -60,8 +60,9 @@ def families_study(dataset: str, latent_dims: Sequence[int]) -> Study:
     """JNF, JNF-DCCA and MMVM against MoPoE (the ``aggregator`` family), each with its own options at
     their defaults (``models.families``), on the same data, budget and search space.
 
-    Ranked by what every family produces: the mean of missing-modality coherence and latent
-    accuracy (MMVM has no log p(X) and no random coherence). ASHA compares trials at the same epoch;
+    Evaluated by what every family produces, whatever the profile (coherence, latent probe, PRD;
+    MMVM has no log p(X)), and ranked by the mean of missing-modality coherence and latent accuracy.
+    The dataset's profile may fix the latent size (PolyMNIST's local profile: 512). ASHA compares trials at the same epoch;
     a JNF trial fits its unimodal encoders only in its second half (seed 002, Algorithm 1), so a rung
     before that judges untrained unimodal posteriors: give the sweep a grace period of at least
     half its epochs (``--grace-period``) when that matters.
@@ -77,5 +78,6 @@ def families_study(dataset: str, latent_dims: Sequence[int]) -> Study:
             "model.latent_dim": Choice(values=list(latent_dims)),
             "training.learning_rate": LogUniform(low=1e-4, high=1e-3),
         },
-        objective_weights={"coherence_missing": 1.0, "latent_accuracy": 1.0},
+        evaluation={"metrics": ["coherence", "latent_probe", "prd"],
+                    "objective_weights": {"coherence_missing": 1.0, "latent_accuracy": 1.0}},
     )
