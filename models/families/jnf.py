@@ -43,7 +43,6 @@ from models.flow_posterior import FlowPosterior, unimodal_cross_entropy
 from models.hmc import HMCSettings, hmc_sample
 from models.networks import build_networks
 from models.objective import ObjectiveOutput, logmeanexp, multimodal_objective
-from models.aggregators.base import subset_sizes
 from models.vae import MultimodalVAE, SubsetSelection
 
 HIDDEN = 512
@@ -227,43 +226,39 @@ class JNFVAE(StagedModel, MultimodalVAE):
         return ObjectiveOutput(loss=loss, terms={"total_correlation": -loss.detach(), "loss": loss.detach()})
 
     # ------------------------------------------------------------------ evaluation
-    def _unimodal_posteriors(self, inputs: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
-        return {name: self.encoders[name](inputs[name]) for name in names}
-
     def subset_posteriors(self, inputs: Mapping[str, Tensor], subsets: SubsetSelection = None) -> SampledPosterior:
         """``posterior_samples`` draws of every selected subset's posterior (module docstring)."""
         present = self._present(inputs)
         chosen = self._subsets[self.subset_rows(present, subsets)]  # [S', M]
         count = self.options.posterior_samples
-        sizes = subset_sizes(chosen)
-        bases = self._unimodal_posteriors(inputs, present)
-        reference = next(iter(bases.values()))[0]
-        samples = reference.new_zeros(count, chosen.shape[0], reference.shape[0], self.latent_dim)
-        unimodal = {name: self.flows[name].rsample(mu, logvar, count) for name, (mu, logvar) in bases.items()}
-        for row, mask in enumerate(chosen):
-            members = [self.modality_names[i] for i in torch.nonzero(mask).flatten().tolist()]
-            if len(members) == 1:
-                samples[:, row] = unimodal[members[0]]
-            elif len(members) == len(self.modality_names):
-                samples[:, row] = self.joint_encoder(inputs).rsample(count)
-        products = torch.nonzero((sizes > 1) & (sizes < len(self.modality_names))).flatten()
-        if products.numel():
-            samples[:, products] = self._product_samples(chosen[products], bases, unimodal)
+        bases = {name: self.encoders[name](inputs[name]) for name in present}
+        unimodal = torch.stack([self.flows[name].rsample(*bases[name], count) for name in present], dim=1)  # [N, M', B, D]
+        masks = chosen[:, [self.modality_names.index(name) for name in present]]  # [S', M'] over the present ones
+        sizes = masks.sum(-1)
+        samples = unimodal.new_zeros(count, chosen.shape[0], *unimodal.shape[2:])
+        single = sizes == 1
+        samples[:, single] = unimodal[:, masks[single].to(torch.long).argmax(-1)]
+        full = (sizes == len(self.modality_names)) & ~single
+        if full.any():
+            samples[:, full] = self.joint_encoder(inputs).rsample(count)[:, None]
+        products = ~single & ~full
+        if products.any():
+            samples[:, products] = self._product_samples(masks[products], present, bases, unimodal)
         return SampledPosterior(samples)
 
-    def _product_samples(self, chosen: Tensor, bases: Mapping[str, tuple[Tensor, Tensor]],
-                         unimodal: Mapping[str, Tensor]) -> Tensor:
-        """HMC draws ``[N, S_h, B, D]`` of eq. 12 for the subsets ``chosen`` ``[S_h, M]``, all chains
-        batched; each chain starts at the mean of its members' first unimodal draws."""
-        weights = chosen.to(self.joint_encoder.head[0].weight.dtype)  # [S_h, M]
+    def _product_samples(self, masks: Tensor, present: Sequence[str], bases: Mapping[str, tuple[Tensor, Tensor]],
+                         unimodal: Tensor) -> Tensor:
+        """HMC draws ``[N, S_h, B, D]`` of eq. 12 for the subsets ``masks`` ``[S_h, M']`` of the modalities
+        ``present``, all chains batched; each chain starts at the mean of its members' first draws
+        (``unimodal [N, M', B, D]``)."""
+        weights = masks.to(unimodal.dtype)
         sizes = weights.sum(-1)
 
         def log_prob(z: Tensor) -> Tensor:  # z [S_h, B, D] -> [S_h, B]
-            experts = torch.stack([self.flows[name].log_prob(z, *bases[name]) for name in self.modality_names])
+            experts = torch.stack([self.flows[name].log_prob(z, *bases[name]) for name in present])
             return torch.einsum("sm,msb->sb", weights, experts) - (sizes - 1)[:, None] * standard_normal_log_prob(z)
 
-        firsts = torch.stack([unimodal[name][0] for name in self.modality_names])  # [M, B, D]
-        initial = torch.einsum("sm,mbd->sbd", weights, firsts) / sizes[:, None, None]
+        initial = torch.einsum("sm,mbd->sbd", weights, unimodal[0]) / sizes[:, None, None]
         result = hmc_sample(log_prob, initial, self.hmc)
         self._acceptance[0] += float(result.acceptance_rate)
         self._acceptance[1] += 1
