@@ -358,7 +358,12 @@ def check_train_step(result: dict, out: Path) -> None:
     for key in ("samples_per_s", "bare_samples_per_s", "ceiling_fraction", "bare_ceiling_fraction", "model_vs_bare",
                 "model_vs_bare_cpu", "ceiling_fraction_cpu", "matmul_gflops"):
         assert positive(result[key]), (key, result[key])
-    assert result["model_vs_bare"] == pytest.approx(result["samples_per_s"] / result["bare_samples_per_s"], rel=0.01)
+    # The rates are printed to 0.1 samples/s and the ratio to 4 decimals, so at smoke size (a few samples/s on
+    # CelebA) the ratio of the printed rates can differ from the printed ratio by more than 1 %: check that the
+    # ratio lies within what the rounded rates allow.
+    model, bare, half = result["samples_per_s"], result["bare_samples_per_s"], 0.05
+    low, high = (model - half) / (bare + half), (model + half) / max(bare - half, 1e-9)
+    assert low - 5e-5 <= result["model_vs_bare"] <= high + 5e-5, (result["model_vs_bare"], model, bare)
     # The model is the bare networks plus the multimodal machinery: never less arithmetic.
     assert result["flop_per_sample"] >= result["bare_flop_per_sample"] > 0
 
