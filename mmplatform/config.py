@@ -301,9 +301,8 @@ class TrainConfig(_Section):
             # the run's ``skipped_evaluations`` says which and why. Asked for by name, they fail.
             from models.families import model_family
 
-            abilities = model_family(self.model.family).abilities
-            evaluation.metrics = [name for name in descriptor.metrics
-                                  if abilities.log_likelihood or name != "log_likelihood"]
+            refused = model_family(self.model.family).abilities.refused_metrics
+            evaluation.metrics = [name for name in descriptor.metrics if name not in refused]
         if evaluation.objective_weights is None:
             produced = _objective_keys(evaluation.metrics)
             evaluation.objective_weights = {
@@ -445,10 +444,10 @@ def check_family(config: TrainConfig) -> None:
         family.schedule(config.model.family_options, config.training.epochs)
     except ValueError as error:
         raise ConfigError(f"training.epochs: {error}") from None
-    if not family.abilities.log_likelihood and "log_likelihood" in (config.evaluation.metrics or []):
-        raise ConfigError(
-            f"evaluation.metrics: 'log_likelihood' needs a tractable log p(X), which family {family.name} does not have"
-        )
+    refused = [name for name in config.evaluation.metrics or [] if name in family.abilities.refused_metrics]
+    if refused:
+        reasons = family.abilities.skipped_evaluations(family.name)
+        raise ConfigError(f"evaluation.metrics: {refused[0]!r} is not available: {reasons[refused[0]]}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:

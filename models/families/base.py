@@ -87,6 +87,12 @@ class Abilities:
     log_likelihood: bool = True
     """``log_likelihood`` (an importance-sampled log p(X)) exists."""
 
+    @property
+    def refused_metrics(self) -> frozenset[str]:
+        """Evaluation metrics (``mmplatform.evaluation.metrics``) this family cannot give: left out of
+        a dataset's default metrics, refused when asked for by name."""
+        return frozenset() if self.log_likelihood else frozenset({"log_likelihood"})
+
     def skipped_evaluations(self, family: str) -> dict[str, str]:
         """Evaluation results this family never produces -> why (written to the run, so that a
         missing value reads as "does not apply", never as 0)."""
@@ -94,8 +100,7 @@ class Abilities:
         if not self.unconditional_generation:
             reason = f"{family} has no unconditional generation (its prior is data-dependent or absent)"
             skipped.update({"coherence/random": reason, "prd/random": reason, "samples/prior": reason})
-        if not self.log_likelihood:
-            skipped["log_likelihood"] = f"{family} has no tractable log p(X)"
+        skipped.update({metric: f"{family} has no tractable log p(X)" for metric in self.refused_metrics})
         return skipped
 
 
