@@ -36,19 +36,17 @@ steps are more than a PolyMNIST training has; the annealing length is the family
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_facts, parse_with_smoke  # noqa: E402
-from thesis_comparison import KINDS, SUBSETS, prepare  # noqa: E402
+from thesis_comparison import KINDS, SUBSETS, prepared_workspace  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -255,23 +253,8 @@ def write(report: dict, out: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if args.work_dir is None:  # --smoke: everything built goes
-            args.work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="families-comparison-")))
-        return compare(args, argv)
-
-
-def compare(args: argparse.Namespace, argv: list[str] | None) -> int:
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MMPLATFORM_DATA_ROOT", str(args.work_dir / "root"))
     start = time.perf_counter()
-    from mmplatform.ray_runtime import ensure_ray
-
-    import ray
-
-    ensure_ray()
-    try:
-        data_root, clf_dir, classifiers = prepare(args)
+    with prepared_workspace(args, "families-comparison-") as (data_root, clf_dir, classifiers):
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         report = {"benchmark": "families_comparison", "settings": settings, "classifiers": classifiers,
                   "command": " ".join(["python benchmarks/families_comparison.py", *(argv or sys.argv[1:])]),
@@ -291,8 +274,6 @@ def compare(args: argparse.Namespace, argv: list[str] | None) -> int:
         write(report, args.out)
         print(json.dumps(report, default=str), flush=True)  # the one JSON object, last on stdout
         return 0 if all(e["error"] is None for e in report["methods"].values()) else 1
-    finally:
-        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # In-process local Ray bound to loopback only: must be set before ray is imported.
@@ -776,45 +777,52 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(report, args.out)
         print(f"rendered {args.out.with_suffix('.md')}")
         return 0
-    with contextlib.ExitStack() as stack:
-        if args.work_dir is None:  # --smoke: everything built goes, Ray shut down before
-            args.work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="thesis-comparison-")))
-        return compare(args, argv)
-
-
-def compare(args: argparse.Namespace, argv: list[str] | None) -> int:
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MMPLATFORM_DATA_ROOT", str(args.work_dir / "root"))
     start = time.perf_counter()
-    from mmplatform.ray_runtime import ensure_ray
+    with prepared_workspace(args, "thesis-comparison-") as prepared:
+        return compare(args, argv, prepared, start)
 
-    import ray
 
-    ensure_ray()
-    try:
-        data_root, clf_dir, classifiers = prepare(args)
-        json_path = args.out.with_suffix(".json") if args.out is not None else None
-        previous = json.loads(json_path.read_text()) if args.merge and json_path is not None and json_path.exists() else None
-        report = start_report(args, argv, classifiers, previous)
-        run_tag = time.strftime("%Y%m%d-%H%M%S")
-        wall_before = report.get("total_wall_s", 0.0)
-        for method, seed in planned_runs(args):
-            print(f"=== {method} seed {seed}", flush=True)
-            entry = run_method(method, seed, args, data_root, clf_dir, run_tag)
-            store_entry(report, method, entry)
-            print(f"{method} seed {seed}: {entry['wall_s']}s error={entry['error']} latent={entry['latent_accuracy']} "
-                  f"coherence={entry['coherence']} prd={entry['prd']}", flush=True)
-            report["total_wall_s"] = round(wall_before + time.perf_counter() - start, 1)
-            write_outputs(report, args.out)
+@contextlib.contextmanager
+def prepared_workspace(args: argparse.Namespace, prefix: str) -> Iterator[tuple[Path, Path, dict]]:
+    """``prepare(args)`` inside ``args.work_dir`` (a temporary one, removed after, when none is given:
+    ``--smoke``) on a local Ray that is shut down before the directory goes; shared by the
+    comparison benchmarks."""
+    with contextlib.ExitStack() as stack:
+        if args.work_dir is None:
+            args.work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MMPLATFORM_DATA_ROOT", str(args.work_dir / "root"))
+        from mmplatform.ray_runtime import ensure_ray
+
+        import ray
+
+        ensure_ray()
+        stack.callback(ray.shutdown)  # last in, first out: before the temporary directory is removed
+        yield prepare(args)
+
+
+def compare(args: argparse.Namespace, argv: list[str] | None, prepared: tuple[Path, Path, dict], start: float) -> int:
+    data_root, clf_dir, classifiers = prepared
+    json_path = args.out.with_suffix(".json") if args.out is not None else None
+    previous = json.loads(json_path.read_text()) if args.merge and json_path is not None and json_path.exists() else None
+    report = start_report(args, argv, classifiers, previous)
+    run_tag = time.strftime("%Y%m%d-%H%M%S")
+    wall_before = report.get("total_wall_s", 0.0)
+    for method, seed in planned_runs(args):
+        print(f"=== {method} seed {seed}", flush=True)
+        entry = run_method(method, seed, args, data_root, clf_dir, run_tag)
+        store_entry(report, method, entry)
+        print(f"{method} seed {seed}: {entry['wall_s']}s error={entry['error']} latent={entry['latent_accuracy']} "
+              f"coherence={entry['coherence']} prd={entry['prd']}", flush=True)
         report["total_wall_s"] = round(wall_before + time.perf_counter() - start, 1)
         write_outputs(report, args.out)
-        if args.out is not None:
-            print(f"wrote {args.out.with_suffix('.md')} in {report['total_wall_s'] / 60:.1f} min", flush=True)
-        print(json.dumps(report, default=str), flush=True)  # the one JSON object, last on stdout
-        entries = [*report["methods"].values(), *(e for seeds in report["seed_repeats"].values() for e in seeds.values())]
-        return 0 if all(e.get("error") is None for e in entries) else 1
-    finally:
-        ray.shutdown()
+    report["total_wall_s"] = round(wall_before + time.perf_counter() - start, 1)
+    write_outputs(report, args.out)
+    if args.out is not None:
+        print(f"wrote {args.out.with_suffix('.md')} in {report['total_wall_s'] / 60:.1f} min", flush=True)
+    print(json.dumps(report, default=str), flush=True)  # the one JSON object, last on stdout
+    entries = [*report["methods"].values(), *(e for seeds in report["seed_repeats"].values() for e in seeds.values())]
+    return 0 if all(e.get("error") is None for e in entries) else 1
 
 
 if __name__ == "__main__":
